@@ -1,0 +1,149 @@
+"""The Transport contract: every file operation the store performs on a node.
+
+The store never touches the file system or paramiko directly; it is handed a
+Transport. Paths are POSIX strings on the node. Errors follow Python's
+built-in OSError family so the store can react the same way for every
+transport:
+
+- ``FileNotFoundError`` when a path is missing,
+- ``FileExistsError`` from ``mkdir`` / ``open_write`` when it already exists,
+- ``OSError`` (errno set where the transport knows it, e.g. ENOSPC) for
+  other file-level failures,
+- :class:`prng_cache.errors.TransportError` when the connection itself is
+  unusable (unreachable, host key refused, connection dropped).
+"""
+
+from __future__ import annotations
+
+import stat as _stat
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import BinaryIO, ContextManager
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """lstat() result: never follows symlinks."""
+
+    mode: int  # full st_mode (type bits + permissions)
+    uid: int
+    size: int
+    mtime: float
+
+    @property
+    def is_dir(self) -> bool:
+        return _stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return _stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return _stat.S_ISLNK(self.mode)
+
+    @property
+    def perms(self) -> int:
+        return _stat.S_IMODE(self.mode)
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    total: int
+    used: int
+    free: int
+
+    @property
+    def used_percent(self) -> float:
+        return 100.0 * self.used / self.total if self.total else 100.0
+
+
+class Transport(ABC):
+    """File operations on one node. Not thread-safe: one per node and thread."""
+
+    #: label used in messages and reports (the node's hostname)
+    host: str = "?"
+
+    @abstractmethod
+    def lstat(self, path: str) -> FileInfo | None:
+        """Stat without following symlinks; None when the path is missing."""
+
+    @abstractmethod
+    def listdir_attr(self, path: str) -> dict[str, FileInfo]:
+        """Names in a directory with their lstat info, in one round trip."""
+
+    @abstractmethod
+    def mkdir(self, path: str, mode: int = 0o700) -> None:
+        """Create one directory; FileExistsError when the path exists."""
+
+    @abstractmethod
+    def read_bytes(self, path: str, max_bytes: int = 64 << 20) -> bytes:
+        """Whole small file (manifests, lock owners). Refuses symlinks."""
+
+    @abstractmethod
+    def open_write(self, path: str, mode: int = 0o600) -> ContextManager[BinaryIO]:
+        """Create a new file exclusively and yield a writable binary stream.
+
+        FileExistsError when the path exists. The stream accepts large
+        ``write()`` calls; the transport chunks them as it needs."""
+
+    @abstractmethod
+    def open_read(self, path: str) -> ContextManager[BinaryIO]:
+        """Yield a readable binary stream (``read(n)``); refuses symlinks."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Atomic POSIX rename. Replaces an existing file; fails with OSError
+        when dst is a non-empty directory."""
+
+    @abstractmethod
+    def unlink(self, path: str) -> None: ...
+
+    @abstractmethod
+    def rmdir(self, path: str) -> None: ...
+
+    @abstractmethod
+    def chmod(self, path: str, mode: int) -> None: ...
+
+    @abstractmethod
+    def disk_usage(self, path: str) -> DiskUsage:
+        """Size of the file system holding path (statvfs / df)."""
+
+    @abstractmethod
+    def uid(self) -> int:
+        """Numeric uid the transport acts as on the node."""
+
+    def now(self) -> float:
+        """The node's idea of the current time (used to judge staleness of
+        locks and temporary files by their mtime). Default: local clock."""
+        import time
+
+        return time.time()
+
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ helpers
+    def rmtree(self, path: str) -> None:
+        """Remove a directory tree without following symlinks."""
+        info = self.lstat(path)
+        if info is None:
+            return
+        if not info.is_dir:
+            self.unlink(path)
+            return
+        if not info.perms & 0o200:
+            self.chmod(path, 0o700)
+        for name, child in self.listdir_attr(path).items():
+            p = f"{path}/{name}"
+            if child.is_dir:
+                self.rmtree(p)
+            else:
+                self.unlink(p)
+        self.rmdir(path)
