@@ -1,0 +1,175 @@
+"""Nodes from distributed_config.json, their transports, parallel fan-out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+from .errors import ConfigError, UnknownNodeError
+from .policy import NodeSettings, Policy
+from .transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+LOCALHOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Node:
+    hostname: str
+    username: str | None = None
+    script_path: str = "."
+    python_env: str = "python3"
+    gpu_count: int = 0
+    gpu_type: str = ""
+    max_concurrent: int = 1
+    use_ramdisk: bool | None = None
+
+    @property
+    def is_localhost(self) -> bool:
+        return self.hostname in LOCALHOST_NAMES
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def as_node(obj: Any) -> Node:
+    """A Node from the coordinator's NodeConfig, a plain dict, or a Node."""
+    if isinstance(obj, Node):
+        return obj
+    return Node(
+        hostname=str(_get(obj, "hostname")),
+        username=_get(obj, "username"),
+        script_path=_get(obj, "script_path", ".") or ".",
+        python_env=_get(obj, "python_env", "python3") or "python3",
+        gpu_count=_get(obj, "gpu_count", 0) or 0,
+        gpu_type=_get(obj, "gpu_type", "") or "",
+        max_concurrent=_get(obj, "max_concurrent", _get(obj, "max_concurrent_script_jobs", 1)) or 1,
+        use_ramdisk=_get(obj, "use_ramdisk"),
+    )
+
+
+_FIELDS: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
+    # key: (types, required, expectation)
+    "hostname": (str, True, "a host name or ssh config alias"),
+    "username": (str, False, "a user name"),
+    "script_path": (str, True, "the directory jobs run in"),
+    "python_env": (str, False, "a python executable"),
+    "gpu_count": (int, False, "an integer"),
+    "gpu_type": (str, False, "a string"),
+    "max_concurrent_script_jobs": (int, False, "an integer"),
+    "use_ramdisk": (bool, False, "true or false"),
+    "ramdisk_path": (str, False, "a path"),
+}
+
+
+def load_cluster(path: str) -> list[Node]:
+    """Parse the users' cluster file; every problem names file and key."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found (pass --config PATH)") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(path, f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
+        raise ConfigError(path, "nodes", 'expected an object {"nodes": [...]}')
+    base = os.path.dirname(os.path.abspath(path))
+    nodes: list[Node] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(doc["nodes"]):
+        where = f"nodes[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(path, where, "expected an object")
+        for key, (types, required, expect) in _FIELDS.items():
+            if key not in raw:
+                if required:
+                    raise ConfigError(path, f"{where}.{key}", f"missing; expected {expect}")
+                continue
+            val = raw[key]
+            if val is None and not required:
+                continue
+            if not isinstance(val, types) or (types is int and isinstance(val, bool)):
+                raise ConfigError(path, f"{where}.{key}", f"expected {expect}, got {type(val).__name__}")
+        host = raw["hostname"]
+        if not host.strip():
+            raise ConfigError(path, f"{where}.hostname", "must not be empty")
+        if host in seen:
+            raise ConfigError(path, f"{where}.hostname", f"duplicate node {host!r}")
+        seen.add(host)
+        script_path = raw["script_path"]
+        if not script_path.startswith("/") and not script_path.startswith("~"):
+            # relative script paths are relative to the cluster file
+            script_path = os.path.normpath(os.path.join(base, script_path))
+        nodes.append(Node(
+            hostname=host,
+            username=raw.get("username"),
+            script_path=script_path,
+            python_env=raw.get("python_env") or "python3",
+            gpu_count=raw.get("gpu_count") or 0,
+            gpu_type=raw.get("gpu_type") or "",
+            max_concurrent=raw.get("max_concurrent_script_jobs") or 1,
+            use_ramdisk=raw.get("use_ramdisk"),
+        ))
+    return nodes
+
+
+def select_nodes(nodes: list[Node], host: str | None) -> list[Node]:
+    if host is None:
+        return nodes
+    chosen = [n for n in nodes if n.hostname == host]
+    if not chosen:
+        raise UnknownNodeError(host, [n.hostname for n in nodes])
+    return chosen
+
+
+def node_settings(policy: Policy, node: Node) -> NodeSettings:
+    """The policy for one node. A node marked ``use_ramdisk: false`` in the
+    cluster file is off, as the users' own preload treats it."""
+    s = policy.for_node(node.hostname, node.is_localhost)
+    if node.use_ramdisk is False and s.mode != "off":
+        s = NodeSettings(mode="off", cache_root=s.cache_root, capacity=s.capacity)
+    return s
+
+
+def base_dir(policy: Policy, nodes: Iterable[Node]) -> str:
+    """Where bare relative input names live on the coordinator."""
+    if policy.inputs.base_dir:
+        return policy.inputs.base_dir
+    for n in nodes:
+        if n.is_localhost:
+            return os.path.expanduser(n.script_path)
+    return os.getcwd()
+
+
+def open_transport(node: Node, policy: Policy) -> Transport:
+    if node.is_localhost:
+        from .transport.local import LocalTransport
+
+        return LocalTransport(node.hostname)
+    from .transport.ssh import SSHTransport
+
+    return SSHTransport(node.hostname, node.username, settings=policy.transport)
+
+
+def fan_out(items: list[T], fn: Callable[[T], R], parallel: int) -> list[R]:
+    """Run fn over items with at most ``parallel`` at once; results in order.
+
+    fn must not raise (callers turn per-node failures into reports)."""
+    if len(items) <= 1 or parallel <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(parallel, len(items)), thread_name_prefix="prng-node") as ex:
+        return list(ex.map(fn, items))

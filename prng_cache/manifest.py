@@ -1,0 +1,156 @@
+"""Versioned msgpack manifest of one node's cache root.
+
+The manifest is the only source of trust: a hash directory on disk that the
+manifest does not list is never served (it may be half-published by a killed
+process, or planted). Decoding is strict and never raises to the caller: a
+truncated, garbled or newer-version manifest decodes to ``None`` with a reason,
+and the store starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.msgpack"
+# a manifest larger than this is not ours (entries are ~150 bytes each)
+MAX_MANIFEST_BYTES = 64 << 20
+
+KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_key(name: str) -> bool:
+    return bool(KEY_RE.match(name))
+
+
+def is_safe_name(name: str) -> bool:
+    """A file name that can only ever mean one file inside a hash directory."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and "/" not in name
+        and "\0" not in name
+        and name not in (".", "..")
+        and not name.startswith(".tmp-")
+    )
+
+
+@dataclass
+class Entry:
+    size: int
+    files: dict[str, str]  # name -> xxh3-128 of that file's bytes
+    added: float
+    last_used: float
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+
+@dataclass
+class Lease:
+    hashes: set[str]
+    expires: float
+    owner: str = ""
+
+
+@dataclass
+class Manifest:
+    cache_id: str
+    created: float
+    entries: dict[str, Entry] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls) -> "Manifest":
+        return cls(cache_id=secrets.token_hex(8), created=time.time())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries.values())
+
+    def leased_keys(self, now: float) -> set[str]:
+        keys: set[str] = set()
+        for lease in self.leases.values():
+            if lease.expires > now:
+                keys |= lease.hashes
+        return keys
+
+    def drop_expired_leases(self, now: float) -> list[str]:
+        gone = [rid for rid, l in self.leases.items() if l.expires <= now]
+        for rid in gone:
+            del self.leases[rid]
+        return gone
+
+    # ------------------------------------------------------------ encoding
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT_VERSION,
+            "cache_id": self.cache_id,
+            "created": self.created,
+            "entries": {
+                k: {
+                    "size": e.size,
+                    "names": e.names,
+                    "files": e.files,
+                    "added": e.added,
+                    "last_used": e.last_used,
+                }
+                for k, e in self.entries.items()
+            },
+            "leases": {
+                rid: {"hashes": sorted(l.hashes), "expires": l.expires, "owner": l.owner}
+                for rid, l in self.leases.items()
+            },
+        }
+        return msgpack.packb(doc, use_bin_type=True)
+
+
+def decode(data: bytes) -> tuple[Manifest | None, str | None]:
+    """Parse manifest bytes. Returns (manifest, None) or (None, reason)."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        return None, f"manifest unreadable ({type(exc).__name__})"
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("not a map")
+        version = doc.get("format")
+        if not isinstance(version, int):
+            raise ValueError("no format version")
+        if version > FORMAT_VERSION:
+            return None, f"manifest format {version} is newer than this prng-cache ({FORMAT_VERSION})"
+        cache_id = doc["cache_id"]
+        if not isinstance(cache_id, str) or not cache_id:
+            raise ValueError("bad cache_id")
+        m = Manifest(cache_id=cache_id, created=float(doc["created"]))
+        for key, e in doc["entries"].items():
+            files = e["files"]
+            if not is_key(key) or not isinstance(files, dict) or not files:
+                raise ValueError(f"bad entry {key!r}")
+            for name, h in files.items():
+                if not is_safe_name(name) or not isinstance(h, str) or not is_key(h):
+                    raise ValueError(f"bad file in entry {key}")
+            size = e["size"]
+            if not isinstance(size, int) or size < 0:
+                raise ValueError(f"bad size in entry {key}")
+            m.entries[key] = Entry(
+                size=size, files=dict(files), added=float(e["added"]), last_used=float(e["last_used"])
+            )
+        for rid, l in doc["leases"].items():
+            hashes = l["hashes"]
+            if not isinstance(rid, str) or not isinstance(hashes, list):
+                raise ValueError("bad lease")
+            m.leases[rid] = Lease(
+                hashes={h for h in hashes if isinstance(h, str) and is_key(h)},
+                expires=float(l["expires"]),
+                owner=str(l.get("owner", "")),
+            )
+        return m, None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return None, f"manifest malformed ({exc})"

@@ -1,0 +1,282 @@
+"""Stage bundles onto nodes: one manifest read, upload only what is missing,
+one locked manifest update per node. Per-node failures become reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from .cluster import Node, fan_out, node_settings, open_transport
+from .errors import IntegrityError, NodeError, TransportError
+from .inputs import Bundle
+from .policy import Policy
+from .store import LeaseRequest, NodeStore, Published, ensure_node_error
+
+log = logging.getLogger(__name__)
+
+#: progress callback: (host, event, detail) — the CLI prints, the library never does
+Progress = Callable[[str, str, dict], None]
+
+
+@dataclass
+class NodeReport:
+    host: str
+    status: str  # ok | fallback | error | direct | off
+    copied_files: int = 0
+    copied_bytes: int = 0
+    present_files: int = 0
+    reason: str | None = None
+    cache_root: str | None = None
+    cache_id: str | None = None
+    # coordinator path -> RAM path on this node, for every input it can serve
+    staged: dict[str, str] = field(default_factory=dict)
+    # coordinator path -> why this node will read it from its original path
+    skipped: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "copied_files": self.copied_files,
+            "copied_bytes": self.copied_bytes,
+            "present_files": self.present_files,
+            "reason": self.reason,
+            "cache_root": self.cache_root,
+            "cache_id": self.cache_id,
+            "skipped": dict(self.skipped),
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def _noop(host: str, event: str, detail: dict) -> None:
+    pass
+
+
+def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest | None = None,
+               progress: Progress = _noop) -> NodeReport:
+    """Make the node hold every bundle that fits; report what it can serve.
+
+    Raises NodeError/TransportError only for node-wide failures (unsafe root,
+    connection lost); a bundle that cannot be staged is skipped with a reason.
+    """
+    host = store.host
+    rep = NodeReport(host=host, status="ok", cache_root=store.root)
+    store.ensure_root()
+    snap = store.load()
+    m = snap.manifest
+    if snap.reset_reason:
+        rep.warnings.append(f"{snap.reset_reason}: rebuilt")
+    if snap.leftovers:
+        cleaned = store.clean_leftovers(snap)
+        if cleaned:
+            rep.warnings.append(f"removed {len(cleaned)} stale temporary item(s) from an interrupted run")
+
+    unique: dict[str, Bundle] = {}
+    for b in bundles:
+        unique.setdefault(b.key + "/" + b.name, b)
+    # one directory per key: the same content named twice is published once,
+    # with both names, instead of two publishers racing for one directory
+    groups: dict[str, Bundle] = {}
+    for b in unique.values():
+        g = groups.get(b.key)
+        if g is None:
+            groups[b.key] = b
+        else:
+            extra_files = tuple(f for f in b.files if f.name not in {x.name for x in g.files})
+            groups[b.key] = replace(g, files=g.files + extra_files)
+
+    present: list[Bundle] = []
+    missing: list[tuple[Bundle, Any]] = []  # (bundle, existing entry to extend or None)
+    for b in groups.values():
+        entry = m.entries.get(b.key)
+        if entry is not None:
+            have = [f.name for f in b.files if f.name in entry.files]
+            problem = store.entry_ok(b.key, entry, have, {f.name: f for f in b.files}) if have else None
+            if problem is None and len(have) == len(b.files):
+                present.append(b)
+                continue
+            if problem is not None:
+                # listed but not servable (deleted, replaced, planted link):
+                # republish from scratch and swap it out under the lock
+                log.warning("%s: entry %s not servable (%s); restaging", host, b.key, problem)
+                rep.warnings.append(f"entry {b.key[:12]} for {b.name}: {problem}; restaged")
+                missing.append((b, None))
+                continue
+            missing.append((b, entry))
+        else:
+            missing.append((b, None))
+    rep.present_files = sum(len(b.files) for b in present)
+
+    # headroom: decide up front what fits, in the order given (most shared first)
+    cap = store.settings.capacity
+    usage = store.t.disk_usage(store.root)
+    planned: list[tuple[Bundle, Any]] = []
+    extra = 0
+    for b, entry in missing:
+        need = b.size if entry is None else sum(f.size for f in b.files if f.name not in entry.files)
+        if cap.max_bytes is not None and m.total_bytes + extra + need > cap.max_bytes:
+            _skip(rep, unique, b.key, f"would exceed capacity.max_bytes ({_fmt(cap.max_bytes)}) on {host}")
+        elif usage.used + extra + need > usage.total * cap.max_percent / 100.0:
+            _skip(rep, unique, b.key, f"would fill {store.root} past capacity.max_percent "
+                                      f"({cap.max_percent:g}% of {_fmt(usage.total)}) on {host}")
+        else:
+            planned.append((b, entry))
+            extra += need
+    if usage.total and (usage.used + extra) > usage.total * cap.warn_percent / 100.0:
+        pct = 100.0 * (usage.used + extra) / usage.total
+        rep.warnings.append(f"/dev/shm use {pct:.0f}% is above capacity.warn_percent ({cap.warn_percent:g}%)")
+
+    published: list[Published] = []
+    for b, entry in planned:
+        progress(host, "upload", {"name": b.name, "bytes": b.size})
+        try:
+            pub, sent = store.publish(b, entry)
+        except IntegrityError as exc:
+            _skip(rep, unique, b.key, exc.problem)
+            continue
+        except TransportError:
+            raise
+        except OSError as exc:
+            _skip(rep, unique, b.key, f"upload failed: {exc.strerror or exc}")
+            continue
+        published.append(pub)
+        rep.copied_files += len(pub.new_names)
+        rep.copied_bytes += sent
+
+    used = {b.key for b in present} | {p.bundle.key for p in published}
+    m = store.commit(published, used, lease)
+    rep.cache_id = m.cache_id
+    for b in unique.values():
+        if b.path in rep.skipped:
+            continue
+        entry = m.entries.get(b.key)
+        if entry is not None and all(f.name in entry.files for f in b.files):
+            rep.staged[b.path] = store.ram_path(b)
+        else:  # evicted by a concurrent gc between planning and commit
+            rep.skipped[b.path] = "evicted concurrently; try again"
+    if rep.skipped:
+        rep.status = "fallback"
+        rep.reason = f"{len(rep.skipped)} input(s) not staged: " + "; ".join(
+            sorted({r for r in rep.skipped.values()}))
+    return rep
+
+
+def _skip(rep: NodeReport, bundles: dict[str, Bundle], key: str, reason: str) -> None:
+    for b in bundles.values():
+        if b.key == key:
+            rep.skipped[b.path] = reason
+
+
+def held_inputs(store: NodeStore, bundles: list[Bundle]) -> dict[str, str]:
+    """Coordinator path -> RAM path for the bundles the node already holds
+    (manifest-listed and servable); reads, never writes."""
+    if not store.ensure_root(create=False):
+        return {}
+    m = store.load().manifest
+    out: dict[str, str] = {}
+    for b in bundles:
+        entry = m.entries.get(b.key)
+        if entry is None or any(f.name not in entry.files for f in b.files):
+            continue
+        if store.entry_ok(b.key, entry, [f.name for f in b.files], {f.name: f for f in b.files}) is None:
+            out[b.path] = store.ram_path(b)
+    return out
+
+
+def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], NodeReport]) -> NodeReport:
+    """Open the node, run fn on its store, and turn every failure into an
+    ``error`` report. Nodes in direct/off mode are not contacted."""
+    settings = node_settings(policy, node)
+    t0 = time.monotonic()
+    if settings.mode != "cache":
+        return NodeReport(host=node.hostname, status=settings.mode, cache_root=settings.cache_root,
+                          reason=None if policy.enabled else "cache disabled (PRNG_CACHE=0 / USE_RAMDISK=false)")
+    try:
+        with open_transport(node, policy) as t:
+            rep = fn(NodeStore(t, settings, policy.gc))
+    except Exception as exc:  # never let one node take the others down
+        err = ensure_node_error(exc, node.hostname)
+        if not isinstance(exc, (NodeError, OSError)):
+            log.exception("%s: unexpected error", node.hostname)
+        rep = NodeReport(host=node.hostname, status="error", cache_root=settings.cache_root,
+                         reason=err.problem)
+    rep.seconds = time.monotonic() - t0
+    if rep.status in ("error", "fallback"):
+        log.warning("%s: %s: %s", node.hostname, rep.status, rep.reason)
+    return rep
+
+
+def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]], policy: Policy, *,
+                  lease: LeaseRequest | None = None, progress: Progress = _noop,
+                  ids: "CacheIdRecord | None" = None) -> dict[str, NodeReport]:
+    """Stage every node in parallel (bounded by transport.parallel_nodes)."""
+
+    def one(node: Node) -> NodeReport:
+        progress(node.hostname, "start", {})
+        rep = run_on_node(node, policy, lambda s: stage_node(s, bundles_for(node), lease=lease, progress=progress))
+        if ids is not None and rep.cache_id:
+            old = ids.swap(node.hostname, rep.cache_root or "", rep.cache_id)
+            if old is not None and old != rep.cache_id:
+                rep.warnings.append(f"cache was wiped or replaced since the last stage "
+                                    f"(cache_id {old} -> {rep.cache_id}); restaged")
+        progress(node.hostname, "done", rep.to_dict())
+        return rep
+
+    reports = fan_out(list(nodes), one, policy.transport.parallel_nodes)
+    if ids is not None:
+        ids.save()
+    return {r.host: r for r in reports}
+
+
+class CacheIdRecord:
+    """Coordinator-side memory of each node's cache_id, to tell the user when
+    a node's cache was wiped (reboot) since the last stage. Best effort."""
+
+    def __init__(self, directory: str | None = None):
+        self.path = os.path.join(directory or cache_dir(), "nodes.json")
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self.ids: dict[str, str] = dict(json.load(f))
+        except (OSError, ValueError, TypeError):
+            self.ids = {}
+        self._dirty = False
+
+    def swap(self, host: str, root: str, cache_id: str) -> str | None:
+        key = f"{host}:{root}"
+        old = self.ids.get(key)
+        if old != cache_id:
+            self.ids[key] = cache_id
+            self._dirty = True
+        return old
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.ids, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.debug("cannot save %s: %s", self.path, exc)
+
+
+def cache_dir() -> str:
+    """The user's prng-cache directory on the coordinator (hash memo, ids)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "prng-cache")
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

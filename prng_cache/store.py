@@ -1,0 +1,451 @@
+"""Cache operations on one node's cache root, over a Transport.
+
+Layout::
+
+    <root>/                      0700, owned by the user, never a symlink
+      manifest.msgpack           the only source of trust
+      .lock/                     manifest lock (mkdir is atomic everywhere)
+      .tmp-<token>/              a bundle being uploaded (invisible to jobs)
+      .trash-<token>/            a directory on its way out
+      <key>/<basename>           a published bundle: key = xxh3-128 of content
+
+Publishing writes into ``.tmp-*`` and renames into place, so a ``<key>``
+directory only ever appears complete. The manifest is read without the lock
+(planning) and re-read, merged and written under the lock (commit), so two
+coordinators staging at once never lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .errors import IntegrityError, LockTimeout, NodeError, UnsafeCacheRootError
+from .hashing import StreamHasher
+from .inputs import Bundle, BundleFile
+from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Entry, Lease, Manifest, decode, is_key
+from .policy import GcPolicy, NodeSettings
+from .transport.base import FileInfo, Transport
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+LOCK_NAME = ".lock"
+CHUNK = 1 << 20
+
+
+def _token() -> str:
+    return secrets.token_hex(6)
+
+
+def owner_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Snapshot:
+    """The manifest reconciled with one listing of the root."""
+
+    manifest: Manifest
+    listing: dict[str, FileInfo]
+    # why the manifest was started afresh (missing with content, corrupt, newer)
+    reset_reason: str | None = None
+    dropped: list[str] = field(default_factory=list)  # entries whose dir vanished
+
+    @property
+    def untracked(self) -> list[str]:
+        return [n for n, i in self.listing.items() if is_key(n) and n not in self.manifest.entries]
+
+    @property
+    def leftovers(self) -> list[str]:
+        return [n for n in self.listing if n.startswith((TMP_PREFIX, TRASH_PREFIX))]
+
+
+@dataclass
+class Published:
+    bundle: Bundle
+    # set when <key> already existed untrusted: swap it under the lock
+    pending_tmp: str | None = None
+    new_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    run_id: str
+    ttl: float
+
+
+class NodeStore:
+    """One node's cache root. Not thread-safe (neither is its Transport)."""
+
+    def __init__(self, transport: Transport, settings: NodeSettings, gc: GcPolicy | None = None,
+                 *, owner: str | None = None, clock: Callable[[], float] = time.time):
+        self.t = transport
+        self.settings = settings
+        self.root = settings.cache_root.rstrip("/") or "/"
+        self.gc = gc or GcPolicy()
+        self.owner = owner or owner_label()
+        self.clock = clock
+        self._uid: int | None = None
+
+    @property
+    def host(self) -> str:
+        return self.t.host
+
+    def path(self, *parts: str) -> str:
+        return "/".join((self.root,) + parts)
+
+    def ram_path(self, bundle: Bundle) -> str:
+        return bundle.ram_path(self.root)
+
+    # ------------------------------------------------------------ the root
+    def ensure_root(self, create: bool = True) -> bool:
+        """Check the cache root is a private directory of ours; create it.
+
+        /dev/shm is world-writable: anyone could have made the root first,
+        as a symlink to their own directory or with open permissions. Such a
+        root is refused for this node rather than written through.
+        Returns False when the root is missing and create is False.
+        """
+        if self._uid is None:
+            self._uid = self.t.uid()
+        info = self.t.lstat(self.root)
+        if info is None:
+            if not create:
+                return False
+            parent = self.root.rsplit("/", 1)[0] or "/"
+            if self.t.lstat(parent) is None:
+                raise UnsafeCacheRootError(self.host, f"cannot create {self.root}: {parent} does not exist")
+            try:
+                self.t.mkdir(self.root, 0o700)
+            except FileExistsError:
+                pass  # a concurrent stager made it: check it like any other
+            info = self.t.lstat(self.root)
+            if info is None:
+                raise UnsafeCacheRootError(self.host, f"{self.root} vanished after creation")
+        if info.is_symlink:
+            raise UnsafeCacheRootError(self.host, f"cache root {self.root} is a symlink; refusing to use it")
+        if not info.is_dir:
+            raise UnsafeCacheRootError(self.host, f"cache root {self.root} is not a directory")
+        if info.uid != self._uid:
+            raise UnsafeCacheRootError(
+                self.host, f"cache root {self.root} is owned by uid {info.uid}, not by us (uid {self._uid})")
+        if info.perms & 0o077:
+            raise UnsafeCacheRootError(
+                self.host, f"cache root {self.root} has mode {info.perms:04o}; it must be private (0700)")
+        return True
+
+    # ------------------------------------------------------------ manifest
+    def load(self) -> Snapshot:
+        """Read the manifest and reconcile it with a listing of the root."""
+        listing = self.t.listdir_attr(self.root)
+        reset = None
+        try:
+            data = self.t.read_bytes(self.path(MANIFEST_NAME), MAX_MANIFEST_BYTES + 1)
+        except FileNotFoundError:
+            data = None
+        except OSError as exc:
+            data, reset = None, f"manifest unreadable ({exc})"
+        manifest = None
+        if data is not None:
+            if len(data) > MAX_MANIFEST_BYTES:
+                reset = "manifest larger than any prng-cache writes"
+            else:
+                manifest, reset = decode(data)
+        elif reset is None and any(is_key(n) for n in listing):
+            reset = "manifest missing"
+        if manifest is None:
+            if reset:
+                log.warning("%s: %s; starting a new manifest, existing entries are not trusted",
+                            self.host, reset)
+            manifest = Manifest.new()
+        dropped = []
+        for key in list(manifest.entries):
+            info = listing.get(key)
+            if info is None or not info.is_dir:
+                dropped.append(key)
+                del manifest.entries[key]
+        return Snapshot(manifest, listing, reset, dropped)
+
+    def write_manifest(self, m: Manifest) -> None:
+        """Atomic replace: a reader sees the old or the new manifest, never half."""
+        tmp = self.path(f"{TMP_PREFIX}manifest-{_token()}")
+        try:
+            with self.t.open_write(tmp, 0o600) as f:
+                f.write(m.to_bytes())
+            self.t.rename(tmp, self.path(MANIFEST_NAME))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.t.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 60.0) -> Iterator[None]:
+        """Exclusive manifest lock: ``mkdir .lock`` is atomic locally and over SFTP.
+
+        The lock is held only to re-read, merge and write the manifest
+        (milliseconds), so a lock older than ``gc.stale_lock`` was left by a
+        killed process and is broken. Breaking renames the lock away first so
+        two breakers cannot both delete a lock a third has just taken.
+        """
+        lock = self.path(LOCK_NAME)
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                self.t.mkdir(lock, 0o700)
+                break
+            except FileExistsError:
+                info = self.t.lstat(lock)
+                if info is not None and self.t.now() - info.mtime > self.gc.stale_lock:
+                    grave = self.path(f"{TRASH_PREFIX}lock-{_token()}")
+                    with contextlib.suppress(OSError):
+                        self.t.rename(lock, grave)
+                        log.warning("%s: broke a stale manifest lock (older than %.0fs)",
+                                    self.host, self.gc.stale_lock)
+                        self.t.rmtree(grave)
+                    continue
+                if time.monotonic() > deadline:
+                    raise LockTimeout(self.host, f"manifest lock {lock} held for more than {timeout:.0f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                self.t.rmdir(lock)
+
+    # ------------------------------------------------------------ lookups
+    def entry_ok(self, key: str, entry: Entry, names: list[str] | None = None,
+                 files: dict[str, BundleFile] | None = None) -> str | None:
+        """Check an entry's files on disk; None when servable, else why not.
+
+        Regular files only (a planted symlink is never served), ours, and of
+        the recorded size. Content is checked by ``verify``, not here.
+        """
+        try:
+            listing = self.t.listdir_attr(self.path(key))
+        except FileNotFoundError:
+            return "directory missing"
+        for name in names or entry.names:
+            if name not in entry.files:
+                return f"{name} not recorded"
+            info = listing.get(name)
+            if info is None:
+                return f"{name} missing"
+            if not info.is_file:
+                return f"{name} is not a regular file"
+            if info.uid != self._uid:
+                return f"{name} owned by uid {info.uid}"
+            if files is not None and name in files:
+                bf = files[name]
+                if entry.files[name] != bf.hash or info.size != bf.size:
+                    return f"{name} differs from the recorded content"
+        return None
+
+    # ------------------------------------------------------------ publish
+    def upload_file(self, src: BundleFile, dst: str) -> int:
+        """Copy one file, hashing the bytes as they are sent.
+
+        The file was hashed earlier on the coordinator; if it changed since
+        (or changes while we read it), the bytes sent no longer match the key
+        and the upload is refused, so nothing is ever published under a hash
+        that does not match its bytes.
+        """
+        hasher = StreamHasher()
+        sent = 0
+        try:
+            fd = os.open(src.src, os.O_RDONLY)
+        except OSError as exc:
+            raise IntegrityError(self.host, f"cannot read {src.src}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as f:
+            before = os.fstat(f.fileno())
+            with self.t.open_write(dst, 0o600) as out:
+                while True:
+                    chunk = f.read(CHUNK)
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    sent += len(chunk)
+            after = os.stat(src.src)
+        if (sent != src.size or hasher.hexdigest() != src.hash
+                or (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns)):
+            raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
+        self.t.chmod(dst, 0o400)  # jobs must not be able to change shared inputs
+        return sent
+
+    def publish(self, bundle: Bundle, existing: Entry | None) -> tuple[Published, int]:
+        """Upload a bundle (or the names it lacks). Returns (result, bytes sent).
+
+        On any failure the temporary directory is removed; nothing partial is
+        ever visible under ``<key>``.
+        """
+        if existing is not None:
+            # same content already published under other names: add ours
+            # file by file, each through a temporary name and a rename
+            missing = [f for f in bundle.files if f.name not in existing.files]
+            sent = 0
+            for f in missing:
+                tmp = self.path(bundle.key, f"{TMP_PREFIX}{_token()}")
+                try:
+                    sent += self.upload_file(f, tmp)
+                    self.t.rename(tmp, self.path(bundle.key, f.name))
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.t.unlink(tmp)
+                    raise
+            return Published(bundle, new_names=tuple(f.name for f in missing)), sent
+        tmp = self.path(f"{TMP_PREFIX}{_token()}")
+        self.t.mkdir(tmp, 0o700)
+        try:
+            sent = sum(self.upload_file(f, f"{tmp}/{f.name}") for f in bundle.files)
+            try:
+                self.t.rename(tmp, self.path(bundle.key))
+            except OSError:
+                if self.t.lstat(self.path(bundle.key)) is None:
+                    raise
+                # <key> exists but is not trusted (or a concurrent stager just
+                # published it): decide under the lock in commit()
+                return Published(bundle, pending_tmp=tmp, new_names=bundle_names(bundle)), sent
+            return Published(bundle, new_names=bundle_names(bundle)), sent
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.t.rmtree(tmp)
+            raise
+
+    def commit(self, published: list[Published], used: set[str],
+               lease: LeaseRequest | None = None) -> Manifest:
+        """Merge what this stage published into the manifest, under the lock.
+
+        Re-reads the manifest so concurrent stagers' entries are kept; takes
+        the lease on every key in ``used`` that is still present.
+        """
+        now = self.clock()
+        trash: list[str] = []
+        with self.lock():
+            snap = self.load()
+            m = snap.manifest
+            for p in published:
+                b = p.bundle
+                entry = m.entries.get(b.key)
+                if p.pending_tmp is not None:
+                    if (entry is not None and all(f.name in entry.files for f in b.files)
+                            and self.entry_ok(b.key, entry, list(bundle_names(b)),
+                                              {f.name: f for f in b.files}) is None):
+                        trash.append(p.pending_tmp)  # a concurrent stager won
+                        continue
+                    # replace the untrusted directory with ours
+                    grave = self.path(f"{TRASH_PREFIX}{_token()}")
+                    with contextlib.suppress(FileNotFoundError):
+                        self.t.rename(self.path(b.key), grave)
+                        trash.append(grave)
+                    self.t.rename(p.pending_tmp, self.path(b.key))
+                    entry = None
+                if entry is None:
+                    entry = m.entries[b.key] = Entry(size=0, files={}, added=now, last_used=now)
+                for f in b.files:
+                    if f.name in p.new_names or f.name not in entry.files:
+                        entry.files[f.name] = f.hash
+                entry.size = _entry_size(entry, b)
+            for key in used:
+                if key in m.entries:
+                    m.entries[key].last_used = now
+            m.drop_expired_leases(now)
+            if lease is not None:
+                keys = {k for k in used if k in m.entries}
+                old = m.leases.get(lease.run_id)
+                if old is not None:
+                    keys |= old.hashes
+                m.leases[lease.run_id] = Lease(hashes=keys, expires=now + lease.ttl, owner=self.owner)
+            self.write_manifest(m)
+        for path in trash:
+            with contextlib.suppress(Exception):
+                self.t.rmtree(path)
+        return m
+
+    def release(self, run_id: str) -> bool:
+        """Drop a run's lease and mark its entries used now."""
+        now = self.clock()
+        with self.lock():
+            m = self.load().manifest
+            lease = m.leases.pop(run_id, None)
+            if lease is not None:
+                for key in lease.hashes:
+                    if key in m.entries:
+                        m.entries[key].last_used = now
+            m.drop_expired_leases(now)
+            self.write_manifest(m)
+        return lease is not None
+
+    # ------------------------------------------------------------ cleanup
+    def clean_leftovers(self, snap: Snapshot, *, untracked: bool = False, dry_run: bool = False) -> list[str]:
+        """Remove temporaries (and optionally untracked hash dirs) that nobody
+        has touched for ``gc.stale_temp``: a killed stager's leftovers. Fresh
+        ones may belong to a stage in progress and are kept."""
+        now = self.t.now()
+        names = list(snap.leftovers) + (snap.untracked if untracked else [])
+        removed = []
+        for name in names:
+            info = snap.listing[name]
+            if now - self._newest_mtime(name, info) <= self.gc.stale_temp:
+                continue
+            removed.append(name)
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    self.t.rmtree(self.path(name))
+        return removed
+
+    def _newest_mtime(self, name: str, info: FileInfo) -> float:
+        newest = info.mtime
+        if info.is_dir:
+            with contextlib.suppress(OSError):
+                for child in self.t.listdir_attr(self.path(name)).values():
+                    newest = max(newest, child.mtime)
+        return newest
+
+    def remove_dirs(self, keys: list[str]) -> None:
+        """Delete hash directories already dropped from the manifest.
+
+        Renamed away first, so a reader never sees a half-deleted entry."""
+        for key in keys:
+            grave = self.path(f"{TRASH_PREFIX}{_token()}")
+            try:
+                self.t.rename(self.path(key), grave)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue
+                raise
+            self.t.rmtree(grave)
+
+
+def bundle_names(bundle: Bundle) -> tuple[str, ...]:
+    return tuple(f.name for f in bundle.files)
+
+
+def _entry_size(entry: Entry, bundle: Bundle) -> int:
+    """Bytes on disk for an entry: same content under several names counts
+    once per name (each is a separate copy)."""
+    sizes = {f.name: f.size for f in bundle.files}
+    # a single-file bundle's key is its content hash: every name has its size
+    default = bundle.files[0].size if len(bundle.files) == 1 else 0
+    return sum(sizes.get(n, default) for n in entry.files)
+
+
+def ensure_node_error(exc: BaseException, host: str) -> NodeError:
+    """Wrap an unexpected exception from one node into a NodeError."""
+    if isinstance(exc, NodeError):
+        return exc
+    if isinstance(exc, OSError) and exc.strerror:
+        return NodeError(host, exc.strerror if not exc.filename else f"{exc.filename}: {exc.strerror}")
+    return NodeError(host, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,328 @@
+"""Node store, manifest and staging on a real tmpfs through LocalTransport."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import time
+
+import msgpack
+import pytest
+
+from prng_cache.errors import UnsafeCacheRootError
+from prng_cache.gc import gc_node, verify_node
+from prng_cache.inputs import discover
+from prng_cache.manifest import MANIFEST_NAME, decode
+from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeSettings
+from prng_cache.staging import held_inputs, stage_node
+from prng_cache.store import LeaseRequest, NodeStore
+from prng_cache.transport.local import LocalTransport
+
+
+@pytest.fixture
+def shm_root():
+    """A fresh, not yet existing cache root on the real /dev/shm tmpfs."""
+    root = f"/dev/shm/prng-test-{os.getpid()}-{os.urandom(4).hex()}"
+    yield root
+    if os.path.islink(root):
+        os.unlink(root)
+    elif os.path.exists(root):
+        for d, subdirs, _ in os.walk(root):
+            os.chmod(d, 0o700)
+        shutil.rmtree(root)
+
+
+def make_store(root: str, **gc) -> NodeStore:
+    settings = NodeSettings(mode="cache", cache_root=root, capacity=CapacityPolicy())
+    return NodeStore(LocalTransport("local-test"), settings, GcPolicy(**gc))
+
+
+def jobs_for(*paths: str, n: int = 2) -> list[dict]:
+    return [{"job_id": f"j{i}", "script": "w.py", "args": list(paths), "expected_output": f"out{i}.json",
+             "timeout": 60} for i in range(n)]
+
+
+def bundles(src, *names, companions=()):
+    pol = InputsPolicy(companions=tuple(companions))
+    d = discover(jobs_for(*[str(src / n) for n in names]), pol, str(src))
+    return [d.bundles[str(src / n)] for n in names if str(src / n) in d.bundles]
+
+
+@pytest.fixture
+def src(tmp_path):
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "survivors.npz").write_bytes(os.urandom(200_000))
+    (d / "train_history.json").write_text('{"draws": [1, 2, 3]}' * 500)
+    (d / "holdout_history.json").write_text('{"draws": [4, 5]}' * 100)
+    (d / "optimal_window_config.json").write_text('{"w": 5}')
+    return d
+
+
+def read_manifest(root):
+    with open(os.path.join(root, MANIFEST_NAME), "rb") as f:
+        m, why = decode(f.read())
+    assert why is None
+    return m
+
+
+def test_cold_then_warm_stage_copies_once(shm_root, src):
+    store = make_store(shm_root)
+    bs = bundles(src, "survivors.npz", "train_history.json", "holdout_history.json")
+    rep = stage_node(store, bs)
+    assert rep.status == "ok" and rep.copied_files == 3
+    assert rep.copied_bytes == sum(b.size for b in bs)
+    assert os.stat(shm_root).st_mode & 0o777 == 0o700
+    for b in bs:
+        ram = rep.staged[b.path]
+        assert ram == f"{shm_root}/{b.key}/{b.name}"
+        assert open(ram, "rb").read() == open(b.path, "rb").read()
+        assert os.stat(ram).st_mode & 0o777 == 0o400
+    m = read_manifest(shm_root)
+    assert set(m.entries) == {b.key for b in bs}
+    assert m.entries[bs[0].key].names == ["survivors.npz"]
+
+    rep2 = stage_node(make_store(shm_root), bs)
+    assert (rep2.copied_files, rep2.copied_bytes, rep2.present_files) == (0, 0, 3)
+    assert read_manifest(shm_root).cache_id == m.cache_id
+
+
+def test_changed_file_gets_new_hash_and_only_it_is_recopied(shm_root, src):
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    (src / "train_history.json").write_text('{"draws": "regenerated"}')
+    bs2 = bundles(src, "survivors.npz", "train_history.json")
+    assert bs2[0].key == bs[0].key and bs2[1].key != bs[1].key
+    rep = stage_node(make_store(shm_root), bs2)
+    assert rep.copied_files == 1 and rep.present_files == 1
+    assert open(rep.staged[bs2[1].path]).read() == '{"draws": "regenerated"}'
+
+
+def test_companions_sit_beside_the_input(shm_root, src):
+    bs = bundles(src, "survivors.npz", companions=[("*survivors*.npz", ("optimal_window_config.json",))])
+    rep = stage_node(make_store(shm_root), bs)
+    ram = rep.staged[bs[0].path]
+    assert os.path.basename(ram) == "survivors.npz"
+    assert open(os.path.join(os.path.dirname(ram), "optimal_window_config.json")).read() == '{"w": 5}'
+
+
+def test_same_content_under_two_names(shm_root, src):
+    shutil.copy(src / "holdout_history.json", src / "holdout_copy.json")
+    bs = bundles(src, "holdout_history.json", "holdout_copy.json")
+    assert bs[0].key == bs[1].key
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.status == "ok"
+    assert os.path.exists(rep.staged[bs[0].path]) and os.path.exists(rep.staged[bs[1].path])
+    assert read_manifest(shm_root).entries[bs[0].key].names == ["holdout_copy.json", "holdout_history.json"]
+
+
+def _stage_in_child(root, src, names, q):
+    try:
+        rep = stage_node(make_store(root), bundles(src, *names))
+        q.put((rep.status, rep.copied_files))
+    except Exception as exc:  # report to the parent rather than die silently
+        q.put(("exception", repr(exc)))
+
+
+def test_concurrent_publishers_both_succeed(shm_root, src):
+    for i in range(6):
+        (src / f"extra{i}.json").write_text(f'{{"i": {i}}}' * 1000)
+    names_a = ["survivors.npz", "train_history.json"] + [f"extra{i}.json" for i in range(0, 6, 2)]
+    names_b = ["survivors.npz", "holdout_history.json"] + [f"extra{i}.json" for i in range(1, 6, 2)]
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_stage_in_child, args=(shm_root, src, names, q))
+             for names in (names_a, names_b, names_a, names_b)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert all(status == "ok" for status, _ in results), results
+    m = read_manifest(shm_root)
+    want = {b.key for b in bundles(src, *set(names_a) | set(names_b))}
+    assert set(m.entries) == want
+    assert not [n for n in os.listdir(shm_root) if n.startswith((".tmp-", ".trash-", ".lock"))]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "newer", "empty"])
+def test_bad_manifest_is_rebuilt_not_a_crash(shm_root, src, damage):
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    path = os.path.join(shm_root, MANIFEST_NAME)
+    data = open(path, "rb").read()
+    bad = {"truncated": data[: len(data) // 2], "garbage": b"\x00\xffnot msgpack" * 7, "empty": b"",
+           "newer": msgpack.packb({"format": 99, "cache_id": "x", "future": True})}[damage]
+    os.chmod(path, 0o600)
+    with open(path, "wb") as f:
+        f.write(bad)
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.status == "ok"
+    # untrusted directories are replaced, not served on faith
+    assert rep.copied_files == 2
+    assert any("rebuilt" in w for w in rep.warnings)
+    assert set(read_manifest(shm_root).entries) == {b.key for b in bs}
+    for b in bs:
+        assert open(rep.staged[b.path], "rb").read() == open(b.path, "rb").read()
+
+
+def test_vanished_entry_dropped_and_restaged(shm_root, src):
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    shutil.rmtree(os.path.join(shm_root, bs[0].key))
+    store = make_store(shm_root)
+    store.ensure_root()
+    snap = store.load()
+    assert snap.dropped == [bs[0].key] and bs[0].key not in snap.manifest.entries
+    rep = stage_node(store, bs)
+    assert rep.copied_files == 1 and rep.present_files == 1
+
+
+def test_untracked_directory_is_never_served(shm_root, src):
+    bs = bundles(src, "train_history.json")
+    os.makedirs(shm_root, mode=0o700)
+    planted = os.path.join(shm_root, bs[0].key)
+    os.mkdir(planted)
+    with open(os.path.join(planted, "train_history.json"), "w") as f:
+        f.write("poisoned")
+    assert held_inputs(make_store(shm_root), bs) == {}
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.copied_files == 1
+    assert open(rep.staged[bs[0].path]).read() == (src / "train_history.json").read_text()
+
+
+def test_unsafe_cache_roots_refused(tmp_path, shm_root, src):
+    bs = bundles(src, "train_history.json")
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    os.symlink(target, shm_root)
+    with pytest.raises(UnsafeCacheRootError, match="symlink"):
+        stage_node(make_store(shm_root), bs)
+    assert os.listdir(target) == []
+    os.unlink(shm_root)
+    os.mkdir(shm_root)
+    os.chmod(shm_root, 0o777)
+    with pytest.raises(UnsafeCacheRootError, match="0777"):
+        stage_node(make_store(shm_root), bs)
+    assert os.listdir(shm_root) == []
+    if os.geteuid() == 0:
+        os.chmod(shm_root, 0o700)
+        os.chown(shm_root, 65534, 65534)
+        with pytest.raises(UnsafeCacheRootError, match="owned by uid 65534"):
+            stage_node(make_store(shm_root), bs)
+        assert os.listdir(shm_root) == []
+
+
+def test_source_changed_after_hashing_is_not_published(shm_root, src):
+    bs = bundles(src, "train_history.json", "holdout_history.json")
+    (src / "train_history.json").write_text("changed after hashing")
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.status == "fallback"
+    assert "changed" in rep.skipped[bs[0].path]
+    assert bs[0].path not in rep.staged and bs[1].path in rep.staged
+    assert not os.path.exists(os.path.join(shm_root, bs[0].key))
+    assert not [n for n in os.listdir(shm_root) if n.startswith(".tmp-")]
+
+
+def test_capacity_max_bytes_falls_back_without_partial_files(shm_root, src):
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    settings = NodeSettings(mode="cache", cache_root=shm_root, capacity=CapacityPolicy(max_bytes=100_000))
+    rep = stage_node(NodeStore(LocalTransport("t"), settings), bs)
+    assert rep.status == "fallback" and "capacity.max_bytes" in rep.reason
+    assert bs[0].path in rep.skipped and bs[1].path in rep.staged  # the small one fits
+    assert not os.path.exists(os.path.join(shm_root, bs[0].key))
+
+
+def test_stale_lock_and_temporaries_of_a_killed_stager_are_cleaned(shm_root, src):
+    bs = bundles(src, "train_history.json")
+    os.makedirs(os.path.join(shm_root, ".lock"))
+    os.chmod(shm_root, 0o700)
+    os.makedirs(os.path.join(shm_root, ".tmp-deadbeef"))
+    open(os.path.join(shm_root, ".tmp-deadbeef", "half"), "w").write("partial")
+    old = time.time() - 3600
+    for p in (".lock", ".tmp-deadbeef/half", ".tmp-deadbeef"):
+        os.utime(os.path.join(shm_root, p), (old, old))
+    rep = stage_node(make_store(shm_root, stale_lock=5, stale_temp=60), bs)
+    assert rep.status == "ok"
+    assert sorted(os.listdir(shm_root)) == sorted([MANIFEST_NAME, bs[0].key])
+
+
+def test_live_lock_is_waited_for_not_broken(shm_root, src):
+    store = make_store(shm_root, stale_lock=30)
+    store.ensure_root()
+    os.mkdir(os.path.join(shm_root, ".lock"))
+    from prng_cache.errors import LockTimeout
+
+    with pytest.raises(LockTimeout):
+        with store.lock(timeout=0.3):
+            pass
+    assert os.path.isdir(os.path.join(shm_root, ".lock"))
+
+
+def test_gc_respects_leases_age_and_size(shm_root, src):
+    bs = bundles(src, "survivors.npz", "train_history.json", "holdout_history.json")
+    store = make_store(shm_root)
+    stage_node(store, bs[:1], lease=LeaseRequest("run-1", ttl=3600))
+    stage_node(store, bs[1:])
+    # everything is fresh: the default max_age keeps it
+    assert gc_node(make_store(shm_root)).removed == []
+    res = gc_node(make_store(shm_root, max_age=0), dry_run=True)
+    assert sorted(res.removed) == sorted(b.key for b in bs[1:]) and res.kept_leased == 1
+    assert all(os.path.isdir(os.path.join(shm_root, b.key)) for b in bs)
+    res = gc_node(make_store(shm_root), remove_all=True)
+    assert sorted(res.removed) == sorted(b.key for b in bs[1:])
+    assert os.path.isdir(os.path.join(shm_root, bs[0].key))
+    assert [n for n in os.listdir(shm_root) if len(n) == 32] == [bs[0].key]
+    assert set(read_manifest(shm_root).entries) == {bs[0].key}
+
+
+def test_expired_lease_is_collectable(shm_root, src):
+    bs = bundles(src, "survivors.npz")
+    stage_node(make_store(shm_root), bs, lease=LeaseRequest("crashed-run", ttl=0.05))
+    time.sleep(0.1)
+    res = gc_node(make_store(shm_root), remove_all=True)
+    assert res.removed == [bs[0].key] and res.expired_leases == ["crashed-run"]
+
+
+def test_gc_size_limit_evicts_least_recently_used(shm_root, src):
+    bs = bundles(src, "survivors.npz", "train_history.json", "holdout_history.json")
+    for b in bs:
+        stage_node(make_store(shm_root), [b])
+        time.sleep(0.01)
+    settings = NodeSettings(mode="cache", cache_root=shm_root, capacity=CapacityPolicy(max_bytes=bs[2].size + 1))
+    res = gc_node(NodeStore(LocalTransport("t"), settings))
+    assert res.removed == [bs[0].key, bs[1].key]
+
+
+def test_verify_detects_and_fixes_corruption(shm_root, src):
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    victim = os.path.join(shm_root, bs[1].key, bs[1].name)
+    os.chmod(victim, 0o600)
+    with open(victim, "r+b") as f:
+        f.write(b"X")
+    res = verify_node(make_store(shm_root))
+    assert list(res.corrupt) == [bs[1].key] and res.checked == 2
+    res = verify_node(make_store(shm_root), fix=True)
+    assert res.removed == [bs[1].key]
+    assert not os.path.exists(os.path.join(shm_root, bs[1].key))
+    assert verify_node(make_store(shm_root)).corrupt == {}
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.copied_files == 1
+    assert open(victim, "rb").read() == open(bs[1].path, "rb").read()
+
+
+def test_planted_symlink_inside_entry_is_not_served(shm_root, src, tmp_path):
+    bs = bundles(src, "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    ram = os.path.join(shm_root, bs[0].key, bs[0].name)
+    evil = tmp_path / "evil.json"
+    evil.write_text("evil")
+    os.unlink(ram)
+    os.symlink(evil, ram)
+    assert held_inputs(make_store(shm_root), bs) == {}
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.copied_files == 1
+    assert not os.path.islink(ram) and open(ram).read() == (src / "train_history.json").read_text()
+    assert evil.read_text() == "evil"
