@@ -144,8 +144,11 @@ class NodeStore:
         return True
 
     # ------------------------------------------------------------ manifest
-    def load(self) -> Snapshot:
-        """Read the manifest and reconcile it with a listing of the root."""
+    def load(self, *, warn: bool = True) -> Snapshot:
+        """Read the manifest and reconcile it with a listing of the root.
+
+        warn=False for the re-reads under the lock: a fresh root has
+        directories (just published) before it has a manifest."""
         listing = self.t.listdir_attr(self.root)
         reset = None
         try:
@@ -163,7 +166,7 @@ class NodeStore:
         elif reset is None and any(is_key(n) for n in listing):
             reset = "manifest missing"
         if manifest is None:
-            if reset:
+            if reset and warn:
                 log.warning("%s: %s; starting a new manifest, existing entries are not trusted",
                             self.host, reset)
             manifest = Manifest.new()
@@ -332,7 +335,7 @@ class NodeStore:
         now = self.clock()
         trash: list[str] = []
         with self.lock():
-            snap = self.load()
+            snap = self.load(warn=False)
             m = snap.manifest
             for p in published:
                 b = p.bundle
@@ -376,7 +379,7 @@ class NodeStore:
         """Drop a run's lease and mark its entries used now."""
         now = self.clock()
         with self.lock():
-            m = self.load().manifest
+            m = self.load(warn=False).manifest
             lease = m.leases.pop(run_id, None)
             if lease is not None:
                 for key in lease.hashes:

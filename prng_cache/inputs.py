@@ -1,0 +1,138 @@
+"""Input discovery on the coordinator: which files the jobs read, and their keys.
+
+This is the I/O half of rewriting: it stats and hashes what
+:func:`prng_cache.rewrite.iter_path_tokens` proposes, once per run, so the
+per-dispatch rewrite can stay a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from .errors import HashError
+from .hashing import HashMemo, bundle_key, hash_and_stat
+from .jobs import job_args, job_expected_output, job_id
+from .policy import InputsPolicy
+from .rewrite import iter_path_tokens, resolve
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    name: str  # basename on the node
+    src: str  # coordinator path
+    size: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    key: str  # directory name on the node: file hash, or bundle_key(...) with companions
+    path: str  # resolved coordinator path of the input
+    name: str  # its basename, kept so workers pick the format by extension
+    files: tuple[BundleFile, ...]  # the input first, then companions
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def ram_path(self, cache_root: str) -> str:
+        return f"{cache_root.rstrip('/')}/{self.key}/{self.name}"
+
+
+@dataclass
+class Discovery:
+    bundles: dict[str, Bundle] = field(default_factory=dict)  # only inputs chosen for caching
+    users: dict[str, set[str]] = field(default_factory=dict)  # every candidate -> job ids
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why not cached
+
+    def staged(self, cache_root: str) -> dict[str, str]:
+        """Mapping for rewrite_args when every bundle is present under cache_root."""
+        return {p: b.ram_path(cache_root) for p, b in self.bundles.items()}
+
+
+def _matches(path: str, patterns: Iterable[str]) -> str | None:
+    base = posixpath.basename(path)
+    for pat in patterns:
+        if fnmatchcase(path, pat) or fnmatchcase(base, pat):
+            return pat
+    return None
+
+
+def discover(
+    jobs: Iterable[Any],
+    policy: InputsPolicy,
+    base_dir: str,
+    memo: HashMemo | None = None,
+    min_jobs: int | None = None,
+) -> Discovery:
+    need = policy.min_jobs if min_jobs is None else min_jobs
+    d = Discovery()
+    not_files: set[str] = set()  # stat each distinct path once
+    for job in jobs:
+        jid = job_id(job)
+        tokens = iter_path_tokens(job_args(job), policy.output_flags,
+                                  job_expected_output(job), base_dir=base_dir)
+        for _, _, value in tokens:
+            p = resolve(value, base_dir)
+            if p in d.users:
+                d.users[p].add(jid)
+            elif p not in not_files:
+                # Paths that do not exist here are not inputs (e.g. outputs-to-be).
+                if os.path.isfile(p):
+                    d.users[p] = {jid}
+                else:
+                    not_files.add(p)
+
+    # Each distinct file is stat'ed and hashed once: (hash, size) or skip reason.
+    hashed: dict[str, tuple[str, int] | str] = {}
+
+    def file_entry(src: str, name: str) -> BundleFile:
+        if src not in hashed:
+            try:
+                size = os.stat(src).st_size  # before hashing: never read what we skip
+                if size > policy.max_file_size:
+                    hashed[src] = f"{src}: {size} bytes, over max_file_size {policy.max_file_size}"
+                else:
+                    digest, st = hash_and_stat(src, memo)
+                    hashed[src] = (digest, st.st_size)
+            except HashError as e:
+                hashed[src] = str(e)
+            except OSError as e:
+                hashed[src] = f"{src}: {e.strerror or e}"
+        r = hashed[src]
+        if isinstance(r, str):
+            raise _Skip(r)
+        return BundleFile(name=name, src=src, size=r[1], hash=r[0])
+
+    for p, who in d.users.items():
+        pat = _matches(p, policy.exclude)  # exclude wins over include
+        if pat is not None:
+            d.skipped[p] = f"excluded by pattern {pat!r}"
+            continue
+        if len(who) < need and _matches(p, policy.include) is None:
+            d.skipped[p] = f"used by {len(who)} job(s), fewer than min_jobs={need}"
+            continue
+        parent, name = posixpath.split(p)
+        sibs = [(c, posixpath.join(parent, c)) for c in policy.companions_for(p)]
+        missing = [c for c, src in sibs if not os.path.isfile(src)]
+        if missing:
+            # Caching without it would make the job fail where it would not have.
+            d.skipped[p] = f"companion {missing[0]} missing"
+            continue
+        try:
+            files = (file_entry(p, name), *(file_entry(src, c) for c, src in sibs))
+        except _Skip as e:
+            d.skipped[p] = str(e)
+            continue
+        key = files[0].hash if len(files) == 1 else bundle_key([(f.name, f.hash) for f in files])
+        d.bundles[p] = Bundle(key=key, path=p, name=name, files=files)
+    return d
+
+
+class _Skip(Exception):
+    """Internal: a candidate is not cached, for the given reason."""

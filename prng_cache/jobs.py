@@ -1,0 +1,103 @@
+"""The coordinator's jobs file, and accessors that also fit its Job objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import JobsFileError
+
+_MISSING = object()
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "list", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str_or_int(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+
+
+# field -> (required, check, what was expected); None is allowed for optionals
+# because the coordinator's Job dataclass defaults them to None.
+_FIELDS: dict[str, tuple[bool, Any, str]] = {
+    "job_id": (True, _is_str_or_int, "a string or integer"),
+    "script": (True, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "args": (True, lambda v: isinstance(v, list), "a list"),
+    "expected_output": (True, lambda v: isinstance(v, str), "a string"),
+    "timeout": (True, _is_num, "a number"),
+    "chunk_file": (False, lambda v: v is None or isinstance(v, str), "a string"),
+    "seed_count": (False, lambda v: v is None or _is_num(v), "a number"),
+    "job_type": (False, lambda v: v is None or isinstance(v, str), "a string"),
+}
+
+
+def load_jobs(path: str) -> list[dict]:
+    """Read and validate a jobs file; errors name the file, location and expectation."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise JobsFileError(path, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobsFileError(path, None, f"cannot read: {getattr(e, 'strerror', None) or e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JobsFileError(path, f"line {e.lineno} column {e.colno}",
+                            f"not valid JSON: {e.msg}") from None
+    if not isinstance(data, list):
+        raise JobsFileError(path, None, f"expected a JSON list of jobs, got {_type_name(data)}")
+    seen: dict[str, int] = {}
+    for i, job in enumerate(data):
+        where = f"jobs[{i}]"
+        if not isinstance(job, dict):
+            raise JobsFileError(path, where, f"expected an object, got {_type_name(job)}")
+        for name, (required, ok, expected) in _FIELDS.items():
+            v = job.get(name, _MISSING)
+            if v is _MISSING:
+                if required:
+                    raise JobsFileError(path, f"{where}.{name}", f"missing; expected {expected}")
+            elif not ok(v):
+                raise JobsFileError(path, f"{where}.{name}",
+                                    f"expected {expected}, got {_type_name(v)}")
+        for k, a in enumerate(job["args"]):
+            if not (isinstance(a, str) or _is_num(a)):
+                raise JobsFileError(path, f"{where}.args[{k}]",
+                                    f"expected a string or number, got {_type_name(a)}")
+        # Ids name job_<id>.json and key per-job bookkeeping: 7 and "7" collide.
+        jid = str(job["job_id"])
+        if jid in seen:
+            raise JobsFileError(path, f"{where}.job_id",
+                                f"duplicate job_id {jid!r} (also jobs[{seen[jid]}])")
+        seen[jid] = i
+    return data
+
+
+def _get(job: Any, name: str) -> Any:
+    if isinstance(job, Mapping):
+        return job.get(name)
+    return getattr(job, name, None)
+
+
+def job_id(job: Any) -> str:
+    """The job's id as a string (ids may be int or str in the file)."""
+    return str(_get(job, "job_id"))
+
+
+def job_args(job: Any) -> list[str]:
+    """The job's original arguments, as strings (a new list each call)."""
+    return [a if isinstance(a, str) else str(a) for a in (_get(job, "args") or ())]
+
+
+def job_expected_output(job: Any) -> str | None:
+    v = _get(job, "expected_output")
+    return None if v is None else str(v)

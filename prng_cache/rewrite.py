@@ -1,0 +1,140 @@
+"""Pure argument rewriting: no I/O, runs on every dispatch and every retry.
+
+Which tokens *may* name inputs is decided here by shape alone; whether a
+token really is an input is decided by membership in ``staged`` (built on the
+coordinator by :func:`prng_cache.inputs.discover`). Flags are not modelled:
+the token after a flag is just another token, so a value that is not a
+staged path is simply left alone.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
+
+DEFAULT_OUTPUT_FLAGS: tuple[str, ...] = ("--output-file", "--output", "-o")
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Decimal numbers only: "nan"/"inf" are legal file names, not numbers here.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_normpath = posixpath.normpath
+
+
+def is_url(s: str) -> bool:
+    return _URL.match(s) is not None
+
+
+def looks_like_json(s: str) -> bool:
+    return s.lstrip()[:1] in ("{", "[")
+
+
+def is_number(s: str) -> bool:
+    return _NUMBER.fullmatch(s.strip()) is not None
+
+
+def resolve(value: str, base_dir: str) -> str:
+    """Coordinator path a token names: relative values resolve against base_dir."""
+    p = value if value[:1] == "/" else base_dir + "/" + value
+    # normpath is slow pure Python in 3.11; skip it when there is no empty,
+    # "." or ".." component (the common case: plain names, clean paths).
+    if "/." in p or "//" in p or p[-1:] == "/" or p[:1] == ".":
+        return _normpath(p)
+    return p
+
+
+_NUM_START = frozenset("0123456789+-.")
+
+
+def _is_flag(s: str) -> bool:
+    # "-5" and "-.5" are numbers; only those need the regex
+    return len(s) > 1 and s[0] == "-" and (s[1] not in "0123456789." or not is_number(s))
+
+
+def _skip_value(a: str) -> bool:
+    """Empty, URL, JSON blob or number: never a path.
+
+    Dispatches on the first character so plain names cost no regex.
+    """
+    c = a[:1]
+    if not c or c == "{" or c == "[":
+        return True
+    if c.isspace():  # rare: fall back to the full checks
+        return looks_like_json(a) or is_number(a)
+    if c in _NUM_START and _NUMBER.fullmatch(a) is not None:
+        return True
+    return "://" in a and _URL.match(a) is not None
+
+
+def _scan(
+    args: Sequence[str],
+    output_flags: Collection[str],
+    expected_output: str | None,
+    base_dir: str | None,
+) -> Iterator[tuple[int, str, str, str]]:
+    """Yield (index, prefix, value, resolved value); shared so each token is
+    normalised once (this runs per dispatch)."""
+    out = None
+    if expected_output:
+        out = _normpath(expected_output) if base_dir is None else resolve(expected_output, base_dir)
+    skip_next = False
+    for i, a in enumerate(args):
+        if skip_next:  # the value of an output flag
+            skip_next = False
+            continue
+        if not isinstance(a, str):
+            continue
+        prefix = ""
+        if a[:1] == "-" and _is_flag(a):
+            name, eq, a = a.partition("=")
+            if not eq:
+                skip_next = name in output_flags
+                continue
+            if name in output_flags:
+                continue
+            prefix = name + "="
+        if _skip_value(a):
+            continue
+        r = _normpath(a) if base_dir is None else resolve(a, base_dir)
+        if r != out:
+            yield i, prefix, a, r
+
+
+def iter_path_tokens(
+    args: Sequence[str],
+    output_flags: Collection[str] = DEFAULT_OUTPUT_FLAGS,
+    expected_output: str | None = None,
+    *,
+    base_dir: str | None = None,
+) -> Iterator[tuple[int, str, str]]:
+    """Yield (index, prefix, value) for each token that may name an input file.
+
+    ``prefix`` is ``"--flag="`` for ``--flag=value`` tokens, else ``""``.
+    ``expected_output`` is compared after normalising, and with ``base_dir``
+    after resolving both sides (so ``/base/out.json`` matches ``out.json``).
+    """
+    for i, prefix, value, _ in _scan(args, output_flags, expected_output, base_dir):
+        yield i, prefix, value
+
+
+def rewrite_args(
+    args: Sequence[str],
+    *,
+    staged: Mapping[str, str],
+    base_dir: str,
+    output_flags: Collection[str] = DEFAULT_OUTPUT_FLAGS,
+    expected_output: str | None = None,
+) -> list[str]:
+    """A new argument list with staged inputs replaced by their RAM paths.
+
+    ``staged`` maps resolved coordinator paths to paths on the target node.
+    The input is never mutated, so retries can rewrite the same original.
+    """
+    out = list(args)
+    if not staged:
+        return out
+    for i, prefix, _, resolved in _scan(args, output_flags, expected_output, base_dir):
+        ram = staged.get(resolved)
+        if ram is not None:
+            out[i] = prefix + ram
+    return out

@@ -1,0 +1,229 @@
+import os
+import sqlite3
+
+import pytest
+import xxhash
+
+from prng_cache import hashing
+from prng_cache.errors import HashError
+from prng_cache.hashing import HashMemo, Hasher, StreamHasher, bundle_key, hash_file
+
+OLD = 1_600_000_000  # an mtime far outside the racy window
+
+
+def make(path, data: bytes, old: bool = True):
+    path.write_bytes(data)
+    if old:
+        os.utime(path, (OLD, OLD))
+    return str(path)
+
+
+class Counting:
+    """Opener that counts opens and bytes read: proves a memo hit reads nothing."""
+
+    def __init__(self):
+        self.opens = 0
+        self.bytes = 0
+
+    def __call__(self, path):
+        self.opens += 1
+        return _Wrapped(open(path, "rb"), self)
+
+
+class _Wrapped:
+    def __init__(self, f, counter, on_first_read=None):
+        self.f, self.counter, self.on_first_read = f, counter, on_first_read
+
+    def read(self, n):
+        data = self.f.read(n)
+        if self.counter is not None:
+            self.counter.bytes += len(data)
+        if self.on_first_read is not None:
+            self.on_first_read()
+            self.on_first_read = None
+        return data
+
+    def fileno(self):
+        return self.f.fileno()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_hash_matches_xxh3_128_and_streams_in_chunks(tmp_path):
+    data = os.urandom(hashing.CHUNK * 2 + 123)
+    p = make(tmp_path / "big.npz", data)
+    sizes = []
+
+    def opener(path):
+        f = open(path, "rb")
+        orig = f.read
+
+        def read(n):
+            sizes.append(n)
+            return orig(n)
+
+        f.read = read
+        return f
+
+    digest = hash_file(p, opener=opener)
+    assert digest == xxhash.xxh3_128(data).hexdigest()
+    assert len(digest) == 32 and digest == digest.lower()
+    assert set(sizes) == {hashing.CHUNK}  # never the whole file at once
+
+
+def test_stream_hasher_equals_hash_file(tmp_path):
+    p = make(tmp_path / "a.json", b"hello world")
+    h = StreamHasher()
+    h.update(b"hello ")
+    h.update(memoryview(b"world"))
+    assert h.hexdigest() == hash_file(p) and StreamHasher is Hasher
+
+
+def test_changed_content_gives_new_hash(tmp_path):
+    p = make(tmp_path / "a.json", b"[1]")
+    h1 = hash_file(p)
+    make(tmp_path / "a.json", b"[2]")
+    assert hash_file(p) != h1
+
+
+def test_missing_unreadable_and_directory(tmp_path):
+    with pytest.raises(HashError, match="No such file"):
+        hash_file(str(tmp_path / "nope"))
+    with pytest.raises(HashError, match="not a regular file"):
+        hash_file(str(tmp_path))
+
+    def failing(path):
+        raise PermissionError(13, "Permission denied")
+
+    p = make(tmp_path / "a", b"x")
+    with pytest.raises(HashError, match="Permission denied") as e:
+        hash_file(p, opener=failing)
+    assert e.value.path == p
+
+
+def test_file_changing_while_hashed_raises(tmp_path):
+    p = make(tmp_path / "s.npz", b"a" * 100)
+
+    def append():
+        with open(p, "ab") as g:
+            g.write(b"more")
+
+    opener = lambda path: _Wrapped(open(path, "rb"), None, on_first_read=append)
+    with pytest.raises(HashError, match="changed while being hashed"):
+        hash_file(p, opener=opener)
+
+
+def test_file_replaced_between_stat_and_open_raises(tmp_path):
+    p = make(tmp_path / "s.npz", b"old")
+
+    def replacing(path):
+        make(tmp_path / "new", b"new")
+        os.replace(tmp_path / "new", path)
+        return open(path, "rb")
+
+    with pytest.raises(HashError, match="changed while being hashed"):
+        hash_file(p, opener=replacing)
+
+
+def test_bundle_key_order_independent_and_sensitive():
+    a = bundle_key([("s.npz", "1" * 32), ("cfg.json", "2" * 32)])
+    assert a == bundle_key([("cfg.json", "2" * 32), ("s.npz", "1" * 32)])
+    assert a != bundle_key([("s.npz", "1" * 32), ("cfg.json", "3" * 32)])
+    assert a != bundle_key([("s.npz", "1" * 32), ("other.json", "2" * 32)])
+    raw = b"prng-bundle-v1\0cfg.json\0" + b"2" * 32 + b"\ns.npz\0" + b"1" * 32 + b"\n"
+    assert a == xxhash.xxh3_128(raw).hexdigest()
+
+
+def test_memo_hit_does_no_read_and_persists(tmp_path):
+    p = make(tmp_path / "s.npz", b"x" * 5000)
+    memo = HashMemo(str(tmp_path / "memo"))
+    assert memo.degraded is None
+    c = Counting()
+    h = hash_file(p, memo, opener=c)
+    assert (c.opens, c.bytes) == (1, 5000)
+    assert hash_file(p, memo, opener=c) == h
+    assert (c.opens, c.bytes) == (1, 5000)
+
+    # a second process (new memo object, same database) also hits
+    memo.close()
+    hashing.stats.reset()
+    assert hash_file(p, HashMemo(str(tmp_path / "memo"))) == h
+    assert (hashing.stats.opens, hashing.stats.bytes) == (0, 0)
+
+
+def test_memo_hit_uses_fresh_stat(tmp_path):
+    p = make(tmp_path / "s.npz", b"aaaa")
+    memo = HashMemo(str(tmp_path / "memo"))
+    h1 = hash_file(p, memo)
+    # same size, different mtime: the memo must miss
+    (tmp_path / "s.npz").write_bytes(b"bbbb")
+    os.utime(p, (OLD + 10, OLD + 10))
+    c = Counting()
+    h2 = hash_file(p, memo, opener=c)
+    assert c.opens == 1 and h2 != h1
+
+
+def test_racy_mtime_is_not_stored_nor_trusted(tmp_path):
+    p = make(tmp_path / "s.npz", b"fresh", old=False)  # mtime == now
+    memo = HashMemo(str(tmp_path / "memo"), racy_window=2.0)
+    c = Counting()
+    hash_file(p, memo, opener=c)
+    hash_file(p, memo, opener=c)
+    assert c.opens == 2  # not remembered
+    db = sqlite3.connect(memo.path)
+    assert db.execute("SELECT COUNT(*) FROM hashes").fetchone()[0] == 0
+
+    # an entry written with a racy timestamp by someone else is not trusted
+    st = os.stat(p)
+    db.execute("INSERT INTO hashes VALUES (?,?,?,?,?,?)",
+               (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, "0" * 32, st.st_mtime_ns))
+    db.commit()
+    assert HashMemo(str(tmp_path / "memo")).lookup(st) is None
+    assert memo.store(st, "0" * 32, hashed_at_ns=st.st_mtime_ns + 10**9) is False
+    assert memo.store(st, "0" * 32, hashed_at_ns=st.st_mtime_ns + 3 * 10**9) is True
+
+
+def test_memo_corrupt_db_degrades_to_memory(tmp_path):
+    d = tmp_path / "memo"
+    d.mkdir()
+    (d / "hashes.sqlite").write_bytes(b"this is not a database" * 100)
+    memo = HashMemo(str(d))
+    assert memo.degraded and "hashes.sqlite" in memo.degraded
+    p = make(tmp_path / "s.npz", b"data")
+    c = Counting()
+    h = hash_file(p, memo, opener=c)
+    assert hash_file(p, memo, opener=c) == h and c.opens == 1  # in-memory hit
+
+
+def test_memo_unwritable_dir_degrades(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the directory should be (works as root too)
+    memo = HashMemo(str(blocker / "sub"))
+    assert memo.degraded
+    p = make(tmp_path / "s.npz", b"data")
+    assert hash_file(p, memo) == hash_file(p)
+
+
+def test_memo_default_location_reads_env_at_call_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    memo = HashMemo()
+    assert memo.path == str(tmp_path / "xdg" / "prng-cache" / "hashes.sqlite")
+    assert os.path.exists(memo.path)
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert HashMemo().path == str(tmp_path / "home" / ".cache" / "prng-cache" / "hashes.sqlite")
+
+
+def test_memo_replaces_entry_for_same_inode(tmp_path):
+    p = make(tmp_path / "s.npz", b"v1")
+    memo = HashMemo(str(tmp_path / "memo"))
+    hash_file(p, memo)
+    (tmp_path / "s.npz").write_bytes(b"v2")
+    os.utime(p, (OLD + 5, OLD + 5))
+    hash_file(p, memo)
+    db = sqlite3.connect(memo.path)
+    assert db.execute("SELECT COUNT(*) FROM hashes").fetchone()[0] == 1
