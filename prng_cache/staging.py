@@ -29,6 +29,7 @@ class NodeReport:
     copied_files: int = 0
     copied_bytes: int = 0
     present_files: int = 0
+    present_bytes: int = 0
     reason: str | None = None
     cache_root: str | None = None
     cache_id: str | None = None
@@ -45,6 +46,7 @@ class NodeReport:
             "copied_files": self.copied_files,
             "copied_bytes": self.copied_bytes,
             "present_files": self.present_files,
+            "present_bytes": self.present_bytes,
             "reason": self.reason,
             "cache_root": self.cache_root,
             "cache_id": self.cache_id,
@@ -112,6 +114,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         else:
             missing.append((b, None))
     rep.present_files = sum(len(b.files) for b in present)
+    rep.present_bytes = sum(b.size for b in present)
 
     # headroom: decide up front what fits, in the order given (most shared first)
     cap = store.settings.capacity
