@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import HashError
 from .hashing import HashMemo, bundle_key, hash_and_stat
+from .manifest import is_safe_name
 from .jobs import job_args, job_expected_output, job_id
 from .policy import InputsPolicy
 from .rewrite import iter_path_tokens, resolve
@@ -118,6 +119,10 @@ def discover(
             d.skipped[p] = f"used by {len(who)} job(s), fewer than min_jobs={need}"
             continue
         parent, name = posixpath.split(p)
+        if not is_safe_name(name):
+            # the node-side layout cannot hold it unambiguously
+            d.skipped[p] = f"file name {name!r} cannot be cached"
+            continue
         sibs = [(c, posixpath.join(parent, c)) for c in policy.companions_for(p)]
         missing = [c for c, src in sibs if not os.path.isfile(src)]
         if missing:

@@ -248,6 +248,9 @@ class NodeStore:
                 return f"{name} is not a regular file"
             if info.uid != self._uid:
                 return f"{name} owned by uid {info.uid}"
+            if info.nlink is not None and info.nlink > 1:
+                # another path shares these bytes: they could change under us
+                return f"{name} has {info.nlink} hard links"
             if files is not None and name in files:
                 bf = files[name]
                 if entry.files[name] != bf.hash or info.size != bf.size:

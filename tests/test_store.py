@@ -326,3 +326,26 @@ def test_planted_symlink_inside_entry_is_not_served(shm_root, src, tmp_path):
     assert rep.copied_files == 1
     assert not os.path.islink(ram) and open(ram).read() == (src / "train_history.json").read_text()
     assert evil.read_text() == "evil"
+
+
+def test_planted_hard_link_inside_entry_is_not_served(shm_root, src):
+    bs = bundles(src, "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    ram = os.path.join(shm_root, bs[0].key, bs[0].name)
+    os.link(ram, os.path.join(shm_root, "outside-alias"))
+    assert held_inputs(make_store(shm_root), bs) == {}
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.copied_files == 1 and os.stat(ram).st_nlink == 1
+
+
+def test_directories_with_wrong_name_format_are_ignored(shm_root, src):
+    bs = bundles(src, "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    os.mkdir(os.path.join(shm_root, "not-a-hash"))
+    os.mkdir(os.path.join(shm_root, bs[0].key.upper()))
+    snap = make_store(shm_root).load()
+    assert set(snap.manifest.entries) == {bs[0].key} and snap.untracked == []
+    from prng_cache.gc import gc_node as _gc
+    _gc(make_store(shm_root), remove_all=True)
+    # not ours to delete: names outside the cache's formats are left alone
+    assert os.path.isdir(os.path.join(shm_root, "not-a-hash"))

@@ -29,6 +29,8 @@ class FileInfo:
     uid: int
     size: int
     mtime: float
+    # hard-link count where the transport can tell (None: unknown)
+    nlink: int | None = None
 
     @property
     def is_dir(self) -> bool:

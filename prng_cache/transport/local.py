@@ -13,7 +13,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _info(st: os.stat_result) -> FileInfo:
-    return FileInfo(mode=st.st_mode, uid=st.st_uid, size=st.st_size, mtime=st.st_mtime)
+    return FileInfo(mode=st.st_mode, uid=st.st_uid, size=st.st_size, mtime=st.st_mtime, nlink=st.st_nlink)
 
 
 class LocalTransport(Transport):
