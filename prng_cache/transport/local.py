@@ -48,6 +48,7 @@ class LocalTransport(Transport):
     @contextlib.contextmanager
     def open_write(self, path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode)
+        os.fchmod(fd, mode)  # exactly the mode asked for, whatever the umask
         with os.fdopen(fd, "wb", buffering=0) as f:
             yield f  # type: ignore[misc]
 

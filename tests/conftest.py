@@ -1,0 +1,68 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+# ============================================================================
+# SSH test cluster (real sshd nodes; see tests/sshcluster.py, DESIGN.md §5)
+#
+#   ssh_cluster        session: 3 nodes rig-a/b/c, 64 MiB private tmpfs each,
+#                      started once; skipped when sshd/namespaces are
+#                      unavailable, a failure when CI=true.
+#   ssh_cluster_clean  function: the same cluster, healed (stopped nodes
+#                      restarted, known_hosts rewritten) and with every
+#                      node's /dev/shm wiped before the test, healed after.
+#
+# A failing test that used the cluster (or is parametrized with "ssh") gets
+# the nodes' sshd logs attached to its report ("sshd logs" section).
+# ============================================================================
+from sshcluster import ClusterUnavailable, SSHCluster, skip_or_fail
+
+SSH_CLUSTER_NODES = 3
+SSH_CLUSTER_TMPFS = "64m"
+
+
+@pytest.fixture(scope="session")
+def ssh_cluster(tmp_path_factory) -> SSHCluster:
+    """Session-wide SSH cluster: ``cluster["rig-a"]``, ``cluster.policy()``..."""
+    cluster = SSHCluster(
+        tmp_path_factory.mktemp("sshcluster"), SSH_CLUSTER_NODES, tmpfs_size=SSH_CLUSTER_TMPFS
+    )
+    try:
+        cluster.start()
+    except ClusterUnavailable as exc:
+        skip_or_fail(str(exc))
+    _SSH_CLUSTERS.append(cluster)
+    try:
+        yield cluster
+    finally:
+        _SSH_CLUSTERS.remove(cluster)
+        cluster.stop()
+
+
+@pytest.fixture
+def ssh_cluster_clean(ssh_cluster: SSHCluster) -> SSHCluster:
+    """The session cluster, healed and with every node's RAM disk empty."""
+    ssh_cluster.heal()
+    for node in ssh_cluster:
+        node.wipe()
+    yield ssh_cluster
+    ssh_cluster.heal()
+
+
+_SSH_CLUSTERS: list[SSHCluster] = []  # the running session cluster, for reports
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if not (rep.failed and _SSH_CLUSTERS):
+        return
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "ssh_cluster" in getattr(item, "fixturenames", ()) or "ssh" in params.values():
+        rep.sections.append(("sshd logs", _SSH_CLUSTERS[0].logs()[-20000:]))
+
+
+# ========================================================= end SSH test cluster
