@@ -22,7 +22,7 @@ from .hookspecs import hookimpl
 from .inputs import discover
 from .jobs import job_args, job_expected_output, job_id
 from .policy import Policy, load_policy
-from .rewrite import rewrite_args
+from .rewrite import Plan, apply_plan, plan_rewrite, rewrite_args
 from .staging import NodeReport, run_on_node, stage_cluster
 from .store import LeaseRequest
 
@@ -56,6 +56,9 @@ class PrngCachePlugin:
         self.reports: dict[str, NodeReport] = {}
         self.staged: dict[str, dict[str, str]] = {}  # host -> coordinator path -> RAM path
         self.job_inputs: dict[str, frozenset[str]] = {}  # job id -> cached input paths
+        # job id -> (original args, expected_output, plan): dispatch-time work
+        # done once per run, since the hook runs for every dispatch
+        self.plans: dict[str, tuple[tuple, str | None, Plan]] = {}
         self.base_dir = "."
         self.output_flags: tuple[str, ...] = ()
         self.rewritten: set[str] = set()
@@ -96,6 +99,11 @@ class PrngCachePlugin:
             for jid in disc.users.get(path, ()):
                 by_job.setdefault(jid, set()).add(path)
         self.job_inputs = {jid: frozenset(p) for jid, p in by_job.items()}
+        for job in jobs:
+            args, out = job_args(job), job_expected_output(job)
+            self.plans[job_id(job)] = (tuple(args), out, plan_rewrite(
+                args, candidates=disc.bundles, base_dir=self.base_dir,
+                output_flags=self.output_flags, expected_output=out))
         for path, why in disc.skipped.items():
             log.info("prng-cache: not caching %s: %s", path, why)
 
@@ -133,8 +141,13 @@ class PrngCachePlugin:
             if need and not need <= staged.keys():
                 self.fallback.add(jid)
             original = job_args(job)
-            new = rewrite_args(original, staged=staged, base_dir=self.base_dir,
-                               output_flags=self.output_flags, expected_output=job_expected_output(job))
+            expected = job_expected_output(job)
+            cached = self.plans.get(jid)
+            if cached is not None and cached[0] == tuple(original) and cached[1] == expected:
+                new = apply_plan(original, cached[2], staged)
+            else:  # a job this run did not announce, or changed since: plan afresh
+                new = rewrite_args(original, staged=staged, base_dir=self.base_dir,
+                                   output_flags=self.output_flags, expected_output=expected)
             if new == original:
                 return None
             self.rewritten.add(jid)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterator, Mapping, Sequence
 
 DEFAULT_OUTPUT_FLAGS: tuple[str, ...] = ("--output-file", "--output", "-o")
 
@@ -117,6 +117,36 @@ def iter_path_tokens(
         yield i, prefix, value
 
 
+#: where in an argument list a rewrite applies: (index, "--flag=" or "", resolved path)
+Plan = tuple[tuple[int, str, str], ...]
+
+
+def plan_rewrite(
+    args: Sequence[str],
+    *,
+    candidates: Container[str],
+    base_dir: str,
+    output_flags: Collection[str] = DEFAULT_OUTPUT_FLAGS,
+    expected_output: str | None = None,
+) -> Plan:
+    """The tokens of ``args`` that name one of ``candidates`` (resolved
+    coordinator paths). Computing this once per job lets per-dispatch
+    rewriting be a few dictionary lookups."""
+    return tuple((i, prefix, resolved)
+                 for i, prefix, _, resolved in _scan(args, output_flags, expected_output, base_dir)
+                 if resolved in candidates)
+
+
+def apply_plan(args: Sequence[str], plan: Plan, staged: Mapping[str, str]) -> list[str]:
+    """A new list: each planned token whose path ``staged`` holds is replaced."""
+    out = list(args)
+    for i, prefix, resolved in plan:
+        ram = staged.get(resolved)
+        if ram is not None:
+            out[i] = prefix + ram
+    return out
+
+
 def rewrite_args(
     args: Sequence[str],
     *,
@@ -130,11 +160,8 @@ def rewrite_args(
     ``staged`` maps resolved coordinator paths to paths on the target node.
     The input is never mutated, so retries can rewrite the same original.
     """
-    out = list(args)
     if not staged:
-        return out
-    for i, prefix, _, resolved in _scan(args, output_flags, expected_output, base_dir):
-        ram = staged.get(resolved)
-        if ram is not None:
-            out[i] = prefix + ram
-    return out
+        return list(args)
+    plan = plan_rewrite(args, candidates=staged, base_dir=base_dir, output_flags=output_flags,
+                        expected_output=expected_output)
+    return apply_plan(args, plan, staged)

@@ -168,3 +168,12 @@ def test_unsafe_root_falls_back_with_reason(setup):
     assert "0777" in rep["nodes"]["localhost"]["reason"]
     assert rep["fallback_jobs"] == 1 and rep["rewritten_jobs"] == 0
     assert os.listdir(root) == []
+
+
+def test_job_changed_after_run_start_is_rewritten_from_its_current_args(setup):
+    node, jobs, policy, root = setup
+    p = PrngCachePlugin(policy)
+    p.coordinator_run_start(run_id="r", nodes=[node], jobs=jobs, assignments={"localhost": jobs})
+    changed = Job("j1", "w.py", ["--extra", "x", "data/survivors.npz", "-o", "o.json"], "o.json")
+    args = p.coordinator_job_args(node=node, job=changed)
+    assert args[:2] == ["--extra", "x"] and args[2].startswith(root) and args[3:] == ["-o", "o.json"]
