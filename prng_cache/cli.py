@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="prng-cache", description=__doc__.splitlines()[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(prog="prng-cache", description="Content-addressed RAM cache for the input files of GPU jobs dispatched over SSH.")
     ap.add_argument("--version", action="version", version=f"prng-cache {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", metavar="HOST")
     p.add_argument("--fix", action="store_true", help="remove corrupt entries")
     p.set_defaults(func=cmd_verify)
+
+    from .bench import add_parser as add_bench_parser  # numpy/matplotlib load only when it runs
+
+    add_bench_parser(sub)
     return ap
 
 
@@ -244,7 +248,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="prng-cache: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
