@@ -20,35 +20,11 @@ import platform
 import shutil
 import tempfile
 import timeit
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 from prng_cache.coordinator import plugin_manager
 from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import NodeOverride, Policy
-
-
-@dataclass
-class NodeConfig:
-    hostname: str
-    username: str
-    gpu_count: int
-    gpu_type: str
-    script_path: str
-    python_env: str
-    max_concurrent: int = 8
-
-    @property
-    def is_localhost(self) -> bool:
-        return True
-
-
-@dataclass
-class Job:
-    job_id: str
-    script: str
-    args: list
-    expected_output: str
-    timeout: int = 600
 
 
 def main() -> int:
@@ -65,12 +41,15 @@ def main() -> int:
                            ("holdout_history.json", 7_000)):
             with open(os.path.join(work, name), "wb") as f:
                 f.write(os.urandom(size))
-        node = NodeConfig("localhost", "", 1, "cpu", work, "python3")
-        jobs = [Job(f"trial_{i}", "scorer_trial_worker.py",
-                    ["bidirectional_survivors.npz", "train_history.json", f"{work}/holdout_history.json",
-                     str(i), '{"lr": 0.01, "window": 512}', "--optuna-study-db",
-                     "sqlite:///./optuna_studies/s.db", "--output-file", f"results/trial_{i}.json"],
-                    f"results/trial_{i}.json") for i in range(a.jobs)]
+        # attribute objects like the coordinator's NodeConfig / Job dataclasses
+        node = SimpleNamespace(hostname="localhost", username="", gpu_count=1, gpu_type="cpu",
+                               script_path=work, python_env="python3", is_localhost=True)
+        jobs = [SimpleNamespace(
+            job_id=f"trial_{i}", script="scorer_trial_worker.py", timeout=600,
+            args=["bidirectional_survivors.npz", "train_history.json", f"{work}/holdout_history.json",
+                  str(i), '{"lr": 0.01, "window": 512}', "--optuna-study-db",
+                  "sqlite:///./optuna_studies/s.db", "--output-file", f"results/trial_{i}.json"],
+            expected_output=f"results/trial_{i}.json") for i in range(a.jobs)]
         plugin = PrngCachePlugin(Policy(cache_root=root, nodes=(NodeOverride("localhost", mode="cache"),)))
         pm = plugin_manager(load_entrypoints=False)
         pm.register(plugin)

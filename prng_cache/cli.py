@@ -186,64 +186,58 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from .gc import status_node
-
-    ctx = Context(args)
-    results = ctx.each_node(status_node)
-    doc, lines = {}, []
+def _report_nodes(args: argparse.Namespace, results: dict[str, Any],
+                  render: Callable[[Any], tuple[Any, list[str], bool]], **extra: Any) -> int:
+    """Print one result per node; a node not reached (a NodeReport: error,
+    direct, off) prints its status and reason. ``render(result)`` returns
+    (JSON value, text lines, whether it is a failure). Exit 1 on any failure."""
+    doc, lines, rc = {}, [], 0
     for host, r in results.items():
         if isinstance(r, NodeReport):
             doc[host] = {"status": r.status, "reason": r.reason, "cache_root": r.cache_root}
             lines.append(f"{host:<16} {r.status}" + (f": {r.reason}" if r.reason else ""))
+            rc = rc or int(r.status == "error")
             continue
-        doc[host] = r
-        lines.append(f"{host:<16} {r['entries']} entries, {_fmt(r['bytes'])}, /dev/shm "
-                     f"{r['shm_used_percent']}% used, {len(r['leases'])} lease(s), cache_id {r['cache_id']}")
-    _emit(args, {"nodes": doc}, "\n".join(lines))
-    return 0 if all(not isinstance(r, NodeReport) or r.status in OK_STATUSES for r in results.values()) else 1
+        value, text, failed = render(r)
+        doc[host] = value
+        lines += [f"{host:<16} {text[0]}", *text[1:]]
+        rc = rc or int(failed)
+    _emit(args, {"nodes": doc, **extra}, "\n".join(lines))
+    return rc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .gc import status_node
+
+    def render(r: dict) -> tuple[dict, list[str], bool]:
+        return r, [f"{r['entries']} entries, {_fmt(r['bytes'])}, /dev/shm {r['shm_used_percent']}% used, "
+                   f"{len(r['leases'])} lease(s), cache_id {r['cache_id']}"], False
+
+    return _report_nodes(args, Context(args).each_node(status_node), render)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from .gc import gc_node
 
-    ctx = Context(args)
-    results = ctx.each_node(lambda s: gc_node(s, dry_run=args.dry_run, remove_all=args.all))
-    doc, lines, rc = {}, [], 0
     verb = "would remove" if args.dry_run else "removed"
-    for host, r in results.items():
-        if isinstance(r, NodeReport):
-            doc[host] = {"status": r.status, "reason": r.reason}
-            lines.append(f"{host:<16} {r.status}" + (f": {r.reason}" if r.reason else ""))
-            rc = rc or (1 if r.status == "error" else 0)
-            continue
-        doc[host] = r.to_dict()
-        lines.append(f"{host:<16} {verb} {len(r.removed)} entries ({_fmt(r.freed_bytes)}), "
-                     f"kept {r.kept} ({r.kept_leased} leased), {len(r.leftovers)} leftover(s)")
-    _emit(args, {"nodes": doc, "dry_run": args.dry_run}, "\n".join(lines))
-    return rc
+
+    def render(r) -> tuple[dict, list[str], bool]:
+        return r.to_dict(), [f"{verb} {len(r.removed)} entries ({_fmt(r.freed_bytes)}), kept {r.kept} "
+                             f"({r.kept_leased} leased), {len(r.leftovers)} leftover(s)"], False
+
+    results = Context(args).each_node(lambda s: gc_node(s, dry_run=args.dry_run, remove_all=args.all))
+    return _report_nodes(args, results, render, dry_run=args.dry_run)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .gc import verify_node
 
-    ctx = Context(args)
-    results = ctx.each_node(lambda s: verify_node(s, fix=args.fix))
-    doc, lines, rc = {}, [], 0
-    for host, r in results.items():
-        if isinstance(r, NodeReport):
-            doc[host] = {"status": r.status, "reason": r.reason}
-            lines.append(f"{host:<16} {r.status}" + (f": {r.reason}" if r.reason else ""))
-            rc = rc or (1 if r.status == "error" else 0)
-            continue
-        doc[host] = r.to_dict()
-        lines.append(f"{host:<16} checked {r.checked}, corrupt {len(r.corrupt)}"
-                     + (f", removed {len(r.removed)}" if r.removed else ""))
-        lines += [f"  {k}: {why}" for k, why in r.corrupt.items()]
-        if r.corrupt:
-            rc = 1
-    _emit(args, {"nodes": doc}, "\n".join(lines))
-    return rc
+    def render(r) -> tuple[dict, list[str], bool]:
+        text = [f"checked {r.checked}, corrupt {len(r.corrupt)}" + (f", removed {len(r.removed)}" if r.removed else "")]
+        text += [f"  {k}: {why}" for k, why in r.corrupt.items()]
+        return r.to_dict(), text, bool(r.corrupt)
+
+    return _report_nodes(args, Context(args).each_node(lambda s: verify_node(s, fix=args.fix)), render)
 
 
 def main(argv: list[str] | None = None) -> int:

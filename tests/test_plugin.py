@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-from dataclasses import dataclass
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,28 +17,11 @@ from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import InputsPolicy, NodeOverride, Policy
 
 
-@dataclass
-class NodeConfig:  # the coordinator's dataclass shape
-    hostname: str
-    username: str
-    gpu_count: int
-    gpu_type: str
-    script_path: str
-    python_env: str
-    max_concurrent: int = 2
+# the coordinator's own dataclasses, from the test coordinator in the users' shape
+sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
+from scripts_coordinator import Job, NodeConfig  # noqa: E402
 
-    @property
-    def is_localhost(self):
-        return self.hostname in ("localhost", "127.0.0.1")
-
-
-@dataclass
-class Job:
-    job_id: str
-    script: str
-    args: list
-    expected_output: str
-    timeout: int = 60
+sys.path.pop(0)
 
 
 @pytest.fixture
@@ -49,7 +33,7 @@ def setup(tmp_path):
     (d / "train_history.json").write_text('{"h": [1, 2, 3]}')
     (d / "chunk_0.json").write_text("[0]")
     root = f"/dev/shm/prng-plugintest-{os.getpid()}-{os.urandom(3).hex()}"
-    node = NodeConfig("localhost", "", 1, "cpu", str(d), "python3")
+    node = NodeConfig("localhost", "", 1, "cpu", str(d), "python3", 2)
     jobs = [Job(f"j{i}", "w.py", ["data/survivors.npz", "--train-history", str(d / "train_history.json"),
                                   "--chunk", "chunk_0.json" if i == 0 else "missing.json",
                                   "--output-file", f"out_{i}.json"], f"out_{i}.json") for i in range(3)]
