@@ -23,7 +23,7 @@ from .inputs import discover
 from .jobs import job_args, job_expected_output, job_id
 from .policy import Policy, load_policy
 from .rewrite import Plan, apply_plan, plan_rewrite, rewrite_args
-from .staging import NodeReport, run_on_node, stage_cluster
+from .staging import CacheIdRecord, NodeReport, run_on_node, stage_cluster
 from .store import LeaseRequest
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class PrngCachePlugin:
 
         busy = [n for h, n in self.nodes.items() if assignments.get(h)]
         lease = LeaseRequest(run_id, policy.gc.lease_ttl)
-        self.reports = stage_cluster(busy, bundles_for, policy, lease=lease)
+        self.reports = stage_cluster(busy, bundles_for, policy, lease=lease, ids=CacheIdRecord())
         self.staged = {h: dict(r.staged) for h, r in self.reports.items() if r.status in ("ok", "fallback")}
         self.active = True
 

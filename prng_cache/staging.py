@@ -74,10 +74,13 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     m = snap.manifest
     if snap.reset_reason:
         rep.warnings.append(f"{snap.reset_reason}: rebuilt")
-    if snap.leftovers:
-        cleaned = store.clean_leftovers(snap)
+    if snap.leftovers or snap.untracked:
+        # directories no manifest vouches for (killed stagers, a manifest
+        # reset) are never served; once stale they only hold the node's RAM
+        cleaned = store.clean_leftovers(snap, untracked=True)
         if cleaned:
-            rep.warnings.append(f"removed {len(cleaned)} stale temporary item(s) from an interrupted run")
+            rep.warnings.append(f"removed {len(cleaned)} stale temporary or untracked item(s) "
+                                f"from an interrupted run")
 
     unique: dict[str, Bundle] = {}
     for b in bundles:

@@ -5,14 +5,18 @@ Layout::
     <root>/                      0700, owned by the user, never a symlink
       manifest.msgpack           the only source of trust
       .lock/                     manifest lock (mkdir is atomic everywhere)
-      .tmp-<token>/              a bundle being uploaded (invisible to jobs)
+      .tmp-<token>[/]            a bundle (or one more name of a cached
+                                 one) being uploaded (invisible to jobs)
       .trash-<token>/            a directory on its way out
       <key>/<basename>           a published bundle: key = xxh3-128 of content
 
 Publishing writes into ``.tmp-*`` and renames into place, so a ``<key>``
-directory only ever appears complete. The manifest is read without the lock
-(planning) and re-read, merged and written under the lock (commit), so two
-coordinators staging at once never lose each other's entries.
+directory only ever appears complete. When ``<key>`` already exists (another
+coordinator published it, or it is left over) only the missing names are
+renamed into it, file by file: a directory others may read is never swapped.
+The manifest is read without the lock (planning) and re-read, merged and
+written under the lock (commit), so two coordinators staging at once never
+lose each other's entries.
 """
 
 from __future__ import annotations
@@ -207,19 +211,26 @@ class NodeStore:
                 self.t.mkdir(lock, 0o700)
                 break
             except FileExistsError:
-                info = self.t.lstat(lock)
-                if info is not None and self.t.now() - info.mtime > self.gc.stale_lock:
-                    grave = self.path(f"{TRASH_PREFIX}lock-{_token()}")
-                    with contextlib.suppress(OSError):
-                        self.t.rename(lock, grave)
-                        log.warning("%s: broke a stale manifest lock (older than %.0fs)",
-                                    self.host, self.gc.stale_lock)
-                        self.t.rmtree(grave)
-                    continue
-                if time.monotonic() > deadline:
-                    raise LockTimeout(self.host, f"manifest lock {lock} held for more than {timeout:.0f}s")
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
+                pass
+            except OSError as exc:
+                # SFTP reports EEXIST as a bare "Failure"; the transport looks
+                # whether the path exists, but the holder may have released
+                # the lock in between: that is contention, not an error
+                if exc.errno is not None or time.monotonic() > deadline:
+                    raise
+            info = self.t.lstat(lock)
+            if info is not None and self.t.now() - info.mtime > self.gc.stale_lock:
+                grave = self.path(f"{TRASH_PREFIX}lock-{_token()}")
+                with contextlib.suppress(OSError):
+                    self.t.rename(lock, grave)
+                    log.warning("%s: broke a stale manifest lock (older than %.0fs)",
+                                self.host, self.gc.stale_lock)
+                    self.t.rmtree(grave)
+                continue
+            if time.monotonic() > deadline:
+                raise LockTimeout(self.host, f"manifest lock {lock} held for more than {timeout:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
         try:
             yield
         finally:
@@ -301,7 +312,9 @@ class NodeStore:
             missing = [f for f in bundle.files if f.name not in existing.files]
             sent = 0
             for f in missing:
-                tmp = self.path(bundle.key, f"{TMP_PREFIX}{_token()}")
+                # in the root, not inside <key>: a killed stager's leftover
+                # is then found and cleaned like any other temporary
+                tmp = self.path(f"{TMP_PREFIX}{_token()}")
                 try:
                     sent += self.upload_file(f, tmp)
                     self.t.rename(tmp, self.path(bundle.key, f.name))
@@ -343,19 +356,37 @@ class NodeStore:
             for p in published:
                 b = p.bundle
                 entry = m.entries.get(b.key)
+                files = {f.name: f for f in b.files}
                 if p.pending_tmp is not None:
-                    if (entry is not None and all(f.name in entry.files for f in b.files)
-                            and self.entry_ok(b.key, entry, list(bundle_names(b)),
-                                              {f.name: f for f in b.files}) is None):
+                    if entry is not None:
+                        have = [n for n in files if n in entry.files
+                                and self.entry_ok(b.key, entry, [n], files) is None]
+                    else:
+                        have = []
+                    if len(have) == len(files):
                         trash.append(p.pending_tmp)  # a concurrent stager won
                         continue
-                    # replace the untrusted directory with ours
-                    grave = self.path(f"{TRASH_PREFIX}{_token()}")
-                    with contextlib.suppress(FileNotFoundError):
-                        self.t.rename(self.path(b.key), grave)
-                        trash.append(grave)
-                    self.t.rename(p.pending_tmp, self.path(b.key))
-                    entry = None
+                    if self._merge(b.key, p.pending_tmp, [n for n in files if n not in have]):
+                        # our files (hash-checked while uploaded) renamed into
+                        # the existing directory one by one: the names other
+                        # stagers published there, and their readers, stay
+                        trash.append(p.pending_tmp)
+                    else:
+                        # <key> is not a directory of ours (a symlink, a
+                        # file...): move it away, never write through it
+                        grave = self.path(f"{TRASH_PREFIX}{_token()}")
+                        with contextlib.suppress(FileNotFoundError):
+                            self.t.rename(self.path(b.key), grave)
+                            trash.append(grave)
+                        self.t.rename(p.pending_tmp, self.path(b.key))
+                        entry = None  # whatever it listed went with it
+                else:
+                    info = snap.listing.get(b.key)
+                    if info is None or not info.is_dir:
+                        # removed (gc of an untracked directory) between our
+                        # upload and this commit: not recorded, so not served
+                        log.warning("%s: %s vanished before it was recorded", self.host, b.key)
+                        continue
                 if entry is None:
                     entry = m.entries[b.key] = Entry(size=0, files={}, added=now, last_used=now)
                 for f in b.files:
@@ -377,6 +408,25 @@ class NodeStore:
             with contextlib.suppress(Exception):
                 self.t.rmtree(path)
         return m
+
+    def _merge(self, key: str, tmp: str, names: list[str]) -> bool:
+        """Rename ``names`` from ``tmp`` into the existing directory ``key``.
+
+        False (nothing moved) when ``key`` is not a real directory of ours:
+        renaming into a symlink would write through it."""
+        info = self.t.lstat(self.path(key))
+        if info is None or not info.is_dir or info.uid != self._uid:
+            return False
+        moved = 0
+        try:
+            for name in names:
+                self.t.rename(f"{tmp}/{name}", self.path(key, name))
+                moved += 1
+        except OSError:
+            if moved:
+                raise
+            return False
+        return True
 
     def release(self, run_id: str) -> bool:
         """Drop a run's lease and mark its entries used now."""

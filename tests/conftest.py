@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_cache_dir(tmp_path_factory):
+    """The hash memo and node-id record live in $XDG_CACHE_HOME/prng-cache:
+    keep the tests (and the CLI processes they start) out of the real one."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 # ============================================================================
 # SSH test cluster (real sshd nodes; see tests/sshcluster.py, DESIGN.md §5)

@@ -233,18 +233,20 @@ def test_gc_during_a_run_keeps_leased_inputs(env):
 
 
 def test_expired_lease_of_a_crashed_run_is_reclaimed(env):
-    env.write_policy("gc:\n  lease_ttl: 1s\n")
+    ttl = 8.0  # long enough that the first gc surely runs inside it, even on a loaded machine
+    env.write_policy(f"gc:\n  lease_ttl: {ttl:g}s\n")
     mod = env.mod
     coordinator = mod.ScriptsCoordinator(str(env.config), str(env.jobs), ssh_config=str(env.cluster.ssh_config))
     assign = {"localhost": [], "rig-a": coordinator.jobs, "rig-b": []}
     # the coordinator "crashes" after staging: run_end never comes
     mod.plugins.hook.coordinator_run_start(run_id="crashed", nodes=coordinator.nodes, jobs=coordinator.jobs,
                                            assignments=assign)
+    expires = time.time() + ttl  # the lease was written before this moment
     gc = [sys.executable, "-m", "prng_cache", "gc", "--all", "--json", "--config", str(env.config),
           "--policy", str(env.policy), "--node", "rig-a"]
     first = json.loads(subprocess.run(gc, capture_output=True, text=True, check=True).stdout)
     assert first["nodes"]["rig-a"]["kept_leased"] == 3 and first["nodes"]["rig-a"]["removed"] == 0
-    time.sleep(1.2)
+    time.sleep(max(0.0, expires - time.time()) + 0.3)
     second = json.loads(subprocess.run(gc, capture_output=True, text=True, check=True).stdout)
     assert second["nodes"]["rig-a"]["removed"] == 3 and second["nodes"]["rig-a"]["expired_leases"] == ["crashed"]
 
