@@ -16,7 +16,7 @@ from .inputs import Bundle, Discovery, discover
 from .jobs import job_args, job_expected_output, load_jobs
 from .policy import Policy, load_policy
 from .rewrite import rewrite_args
-from .staging import CacheIdRecord, NodeReport, _fmt, held_inputs, run_on_node, stage_cluster
+from .staging import CacheIdRecord, NodeReport, fmt_bytes, held_inputs, run_on_node, stage_cluster
 from .store import NodeStore
 
 log = logging.getLogger("prng_cache")
@@ -93,21 +93,9 @@ class Context:
                         memo=HashMemo(), min_jobs=min_jobs)
 
     def each_node(self, fn: Callable[[NodeStore], Any]) -> dict[str, Any]:
-        """Run a maintenance function on every selected node in cache mode."""
-        out: dict[str, Any] = {}
-
-        def one(node: Node) -> None:
-            box: dict[str, Any] = {}
-
-            def wrapped(store: NodeStore) -> NodeReport:
-                box["result"] = fn(store)
-                return NodeReport(host=node.hostname, status="ok", cache_root=store.root)
-
-            rep = run_on_node(node, self.policy, wrapped)
-            out[node.hostname] = box.get("result") if rep.status == "ok" else rep
-        for n in self.selected:
-            one(n)
-        return out
+        """fn's result per selected node, or the NodeReport of a node that is
+        not in cache mode or failed."""
+        return {n.hostname: run_on_node(n, self.policy, fn) for n in self.selected}
 
 
 def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
@@ -121,7 +109,7 @@ def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
 def _progress(args: argparse.Namespace) -> Callable[[str, str, dict], None]:
     def show(host: str, event: str, detail: dict) -> None:
         if event == "upload":
-            print(f"  {host}: copying {detail['name']} ({_fmt(detail['bytes'])})", file=sys.stderr)
+            print(f"  {host}: copying {detail['name']} ({fmt_bytes(detail['bytes'])})", file=sys.stderr)
     return show if (args.verbose or (not args.json and sys.stderr.isatty())) else (lambda *a: None)
 
 
@@ -137,7 +125,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
            "inputs": {"staged": len(bundles), "skipped": disc.skipped}}
     lines = []
     for h, r in reports.items():
-        line = (f"{h:<16} {r.status:<8} copied {r.copied_files} file(s), {_fmt(r.copied_bytes)}; "
+        line = (f"{h:<16} {r.status:<8} copied {r.copied_files} file(s), {fmt_bytes(r.copied_bytes)}; "
                 f"{r.present_files} already present")
         if r.reason:
             line += f"\n{'':<17}reason: {r.reason}"
@@ -163,16 +151,13 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     # map everything the node holds, however many jobs use it
     disc = ctx.discover(jobs, min_jobs=1)
     bundles = list(disc.bundles.values())
-    box: dict[str, dict[str, str]] = {}
-
-    def held(store: NodeStore) -> NodeReport:
-        box["staged"] = held_inputs(store, bundles)
-        return NodeReport(host=node.hostname, status="ok")
-
-    rep = run_on_node(node, ctx.policy, held)
-    staged = box.get("staged", {})
-    if rep.status == "error":
-        print(f"prng-cache: {node.hostname}: {rep.reason}; jobs keep their original paths", file=sys.stderr)
+    held = run_on_node(node, ctx.policy, lambda store: held_inputs(store, bundles))
+    staged: dict[str, str] = {}
+    if isinstance(held, NodeReport):
+        if held.status == "error":
+            print(f"prng-cache: {node.hostname}: {held.reason}; jobs keep their original paths", file=sys.stderr)
+    else:
+        staged = held
     out = []
     root = base_dir(ctx.policy, ctx.nodes)
     for job in jobs:
@@ -210,7 +195,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .gc import status_node
 
     def render(r: dict) -> tuple[dict, list[str], bool]:
-        return r, [f"{r['entries']} entries, {_fmt(r['bytes'])}, /dev/shm {r['shm_used_percent']}% used, "
+        return r, [f"{r['entries']} entries, {fmt_bytes(r['bytes'])}, /dev/shm {r['shm_used_percent']}% used, "
                    f"{len(r['leases'])} lease(s), cache_id {r['cache_id']}"], False
 
     return _report_nodes(args, Context(args).each_node(status_node), render)
@@ -222,7 +207,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
 
     def render(r) -> tuple[dict, list[str], bool]:
-        return r.to_dict(), [f"{verb} {len(r.removed)} entries ({_fmt(r.freed_bytes)}), kept {r.kept} "
+        return r.to_dict(), [f"{verb} {len(r.removed)} entries ({fmt_bytes(r.freed_bytes)}), kept {r.kept} "
                              f"({r.kept_leased} leased), {len(r.leftovers)} leftover(s)"], False
 
     results = Context(args).each_node(lambda s: gc_node(s, dry_run=args.dry_run, remove_all=args.all))

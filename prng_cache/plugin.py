@@ -170,16 +170,18 @@ class PrngCachePlugin:
         if self.active and self.policy is not None and run_id == self.run_id:
             leased = [self.nodes[h] for h, r in self.reports.items() if r.status in ("ok", "fallback")]
 
-            def release(node: Node) -> NodeReport:
-                def fn(store):
-                    store.ensure_root(create=False)
-                    store.release(run_id)
-                    return NodeReport(host=node.hostname, status="ok")
-                return run_on_node(node, self.policy, fn)
+            def release(node: Node) -> bool | NodeReport:
+                # never write through a root that changed since the stage
+                return run_on_node(node, self.policy,
+                                   lambda store: store.ensure_root(create=False) and store.release(run_id))
 
-            for rep in fan_out(leased, release, self.policy.transport.parallel_nodes):
+            results = fan_out(leased, release, self.policy.transport.parallel_nodes)
+            for node, res in zip(leased, results):
                 # a lease that cannot be released now simply expires (gc.lease_ttl)
-                released[rep.host] = True if rep.status == "ok" else (rep.reason or rep.status)
+                if isinstance(res, NodeReport):
+                    released[node.hostname] = res.reason or res.status
+                else:
+                    released[node.hostname] = True if res else "lease already gone (node wiped?)"
         copied = sum(r.copied_files for r in self.reports.values())
         present = sum(r.present_files for r in self.reports.values())
         report = {

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .cluster import Node, fan_out, node_settings, open_transport
 from .errors import IntegrityError, NodeError, TransportError
@@ -17,6 +17,8 @@ from .policy import Policy
 from .store import LeaseRequest, NodeStore, Published, ensure_node_error
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 #: progress callback: (host, event, detail) — the CLI prints, the library never does
 Progress = Callable[[str, str, dict], None]
@@ -127,10 +129,10 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     for b, entry in missing:
         need = b.size if entry is None else sum(f.size for f in b.files if f.name not in entry.files)
         if cap.max_bytes is not None and m.total_bytes + extra + need > cap.max_bytes:
-            _skip(rep, unique, b.key, f"would exceed capacity.max_bytes ({_fmt(cap.max_bytes)}) on {host}")
+            _skip(rep, unique, b.key, f"would exceed capacity.max_bytes ({fmt_bytes(cap.max_bytes)}) on {host}")
         elif usage.used + extra + need > usage.total * cap.max_percent / 100.0:
             _skip(rep, unique, b.key, f"would fill {store.root} past capacity.max_percent "
-                                      f"({cap.max_percent:g}% of {_fmt(usage.total)}) on {host}")
+                                      f"({cap.max_percent:g}% of {fmt_bytes(usage.total)}) on {host}")
         else:
             planned.append((b, entry))
             extra += need
@@ -195,27 +197,25 @@ def held_inputs(store: NodeStore, bundles: list[Bundle]) -> dict[str, str]:
     return out
 
 
-def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], NodeReport]) -> NodeReport:
-    """Open the node, run fn on its store, and turn every failure into an
-    ``error`` report. Nodes in direct/off mode are not contacted."""
+def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R]) -> R | NodeReport:
+    """Open the node, run fn on its store and return fn's result.
+
+    A node in direct/off mode is not contacted, and any failure (unreachable,
+    unsafe root, connection lost...) is logged and turned into an ``error``
+    report: in both cases a NodeReport comes back instead of fn's result."""
     settings = node_settings(policy, node)
-    t0 = time.monotonic()
     if settings.mode != "cache":
         return NodeReport(host=node.hostname, status=settings.mode, cache_root=settings.cache_root,
                           reason=None if policy.enabled else "cache disabled (PRNG_CACHE=0 / USE_RAMDISK=false)")
     try:
         with open_transport(node, policy) as t:
-            rep = fn(NodeStore(t, settings, policy.gc))
+            return fn(NodeStore(t, settings, policy.gc))
     except Exception as exc:  # never let one node take the others down
         err = ensure_node_error(exc, node.hostname)
         if not isinstance(exc, (NodeError, OSError)):
             log.exception("%s: unexpected error", node.hostname)
-        rep = NodeReport(host=node.hostname, status="error", cache_root=settings.cache_root,
-                         reason=err.problem)
-    rep.seconds = time.monotonic() - t0
-    if rep.status in ("error", "fallback"):
-        log.warning("%s: %s: %s", node.hostname, rep.status, rep.reason)
-    return rep
+        log.warning("%s: error: %s", node.hostname, err.problem)
+        return NodeReport(host=node.hostname, status="error", cache_root=settings.cache_root, reason=err.problem)
 
 
 def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]], policy: Policy, *,
@@ -225,7 +225,11 @@ def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]]
 
     def one(node: Node) -> NodeReport:
         progress(node.hostname, "start", {})
+        t0 = time.monotonic()
         rep = run_on_node(node, policy, lambda s: stage_node(s, bundles_for(node), lease=lease, progress=progress))
+        rep.seconds = time.monotonic() - t0
+        if rep.status == "fallback":
+            log.warning("%s: fallback: %s", node.hostname, rep.reason)
         if ids is not None and rep.cache_id:
             old = ids.swap(node.hostname, rep.cache_root or "", rep.cache_id)
             if old is not None and old != rep.cache_id:
@@ -280,7 +284,7 @@ def cache_dir() -> str:
     return os.path.join(base, "prng-cache")
 
 
-def _fmt(n: float) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
