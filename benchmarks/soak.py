@@ -62,6 +62,7 @@ import yaml  # noqa: E402
 from prng_cache.hashing import Hasher  # noqa: E402
 from prng_cache.hookspecs import hookimpl  # noqa: E402
 from prng_cache.manifest import MANIFEST_NAME, decode, is_key  # noqa: E402
+from prng_cache.testing.faults import Tap  # noqa: E402
 from prng_cache.testing.sshcluster import SSHCluster  # noqa: E402
 from prng_cache.transport.ssh import SSHTransport  # noqa: E402
 
@@ -235,7 +236,7 @@ class Soak:
             with orig(transport, path, mode) as f:
                 if (transport.host == node.name and not record["fired"] and "/.tmp-" in path
                         and path.endswith("/big_block.json")):
-                    yield _KillAfter(f, after, fire)
+                    yield Tap(f, after, fire)
                 else:
                     yield f
 
@@ -453,22 +454,6 @@ class AfterStage:
     @hookimpl(trylast=True)
     def coordinator_run_start(self, run_id, nodes, jobs, assignments):
         self.action()
-
-
-class _KillAfter:
-    def __init__(self, f, after: int, action):
-        self.f, self.after, self.action, self.n, self.fired = f, after, action, 0, False
-
-    def write(self, data) -> int:
-        n = self.f.write(data)
-        self.n += len(data)
-        if not self.fired and self.n >= self.after:
-            self.fired = True
-            self.action()
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from prng_cache.inputs import discover
 from prng_cache.manifest import MANIFEST_NAME, Manifest, decode, is_key
 from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeOverride, Policy, load_policy
+from prng_cache.testing.faults import Tap
 from prng_cache.staging import CacheIdRecord, NodeReport, held_inputs, run_on_node, stage_cluster
 from prng_cache.store import LeaseRequest, NodeStore
 from prng_cache.transport.ssh import SSHTransport
@@ -152,25 +153,6 @@ def run_cli(*args, tmp_path, check=None, timeout=120):
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
     return p
-
-
-class Tap:
-    """Wraps a transport write stream: after ``after`` bytes, run ``action``
-    once (a real fault: stop the node's sshd, modify the source, ...)."""
-
-    def __init__(self, f, after: int, action):
-        self.f, self.after, self.action, self.n, self.fired = f, after, action, 0, False
-
-    def write(self, data) -> int:
-        n = self.f.write(data)
-        self.n += len(data)
-        if not self.fired and self.n >= self.after:
-            self.fired = True
-            self.action()
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
 
 
 def tap_uploads(monkeypatch, match, after: int, action) -> list:
