@@ -57,20 +57,20 @@ def _needs_log(data: dict[str, list[float]]) -> bool:
     return bool(allv) and max(allv) / min(allv) > 30
 
 
-def plot_trials(doc: dict, path: str) -> str | None:
+PANELS = (("trials", "scorer trial: npz + 2 histories"), ("trials_large", "large: + one big JSON"))
+
+
+def _per_scenario(doc: dict, path: str, suptitle: str, draw) -> str | None:
+    """One box panel per trial scenario present; ``draw(ax, key, title)``."""
     samples = doc.get("samples", {})
-    panels = [(k, t) for k, t in (("trials", "scorer trial: npz + 2 histories"),
-                                  ("trials_large", "large: + one big JSON")) if k in samples]
+    panels = [(k, t) for k, t in PANELS if k in samples]
     if not panels:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
-        data = {c: samples[key][c]["total_s"] for c in ORDER if c in samples[key]}
-        setup = doc.get("trial_setup", {})
-        k = setup.get("large", {}).get("concurrency") if key == "trials_large" else setup.get("concurrency")
-        _box(ax, data, "trial wall time, spawn to exit (s)", f"{title}\n(K={k} concurrent fresh processes)")
-    fig.suptitle("Trial time: SSD vs RAM inputs (box 25-75 %, whiskers 5-95 %, dots = trials)", fontsize=11)
+        draw(ax, samples[key], key, title)
+    fig.suptitle(suptitle, fontsize=11)
     fig.text(0.5, 0.005, _subtitle(doc), ha="center", fontsize=8, color="#555555")
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     fig.savefig(path)
@@ -78,29 +78,30 @@ def plot_trials(doc: dict, path: str) -> str | None:
     return path
 
 
+def plot_trials(doc: dict, path: str) -> str | None:
+    setup = doc.get("trial_setup", {})
+
+    def draw(ax, samples: dict, key: str, title: str) -> None:
+        data = {c: samples[c]["total_s"] for c in ORDER if c in samples}
+        k = setup.get("large", {}).get("concurrency") if key == "trials_large" else setup.get("concurrency")
+        _box(ax, data, "trial wall time, spawn to exit (s)", f"{title}\n(K={k} concurrent fresh processes)")
+
+    return _per_scenario(doc, path, "Trial time: SSD vs RAM inputs (box 25-75 %, whiskers 5-95 %, dots = trials)",
+                         draw)
+
+
 def plot_input_load(doc: dict, path: str) -> str | None:
-    samples = doc.get("samples", {})
-    panels = [(k, t) for k, t in (("trials", "scorer trial: npz + 2 histories"),
-                                  ("trials_large", "large: + one big JSON")) if k in samples]
-    if not panels:
-        return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
-        data = {c: samples[key][c]["load_ms"] for c in ORDER if c in samples[key]}
+    def draw(ax, samples: dict, key: str, title: str) -> None:
+        data = {c: samples[c]["load_ms"] for c in ORDER if c in samples}
         unit = "ms"
         if max((x for v in data.values() for x in v), default=0) > 5000:
             data = {c: [x / 1000.0 for x in v] for c, v in data.items()}
             unit = "s"
         log = _needs_log(data)
         _box(ax, data, f"input load time ({unit})" + (", log scale" if log else ""), title, log=log)
-    fig.suptitle("Input load inside the trial: numpy.load + json.load (box 25-75 %, whiskers 5-95 %)",
-                 fontsize=11)
-    fig.text(0.5, 0.005, _subtitle(doc), ha="center", fontsize=8, color="#555555")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+
+    return _per_scenario(doc, path, "Input load inside the trial: numpy.load + json.load "
+                                    "(box 25-75 %, whiskers 5-95 %)", draw)
 
 
 def plot_staging(doc: dict, path: str) -> str | None:
