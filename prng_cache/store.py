@@ -200,8 +200,9 @@ class NodeStore:
 
         The lock is held only to re-read, merge and write the manifest
         (milliseconds), so a lock older than ``gc.stale_lock`` was left by a
-        killed process and is broken. Breaking renames the lock away first so
-        two breakers cannot both delete a lock a third has just taken.
+        killed process and is broken: renamed away (of two breakers only one
+        succeeds), then, if what was renamed turns out to be fresh (a third
+        process took the lock between our look and our rename), put back.
         """
         lock = self.path(LOCK_NAME)
         deadline = time.monotonic() + timeout
@@ -223,6 +224,10 @@ class NodeStore:
                 grave = self.path(f"{TRASH_PREFIX}lock-{_token()}")
                 with contextlib.suppress(OSError):
                     self.t.rename(lock, grave)
+                    taken = self.t.lstat(grave)
+                    if taken is not None and self.t.now() - taken.mtime <= self.gc.stale_lock:
+                        self.t.rename(grave, lock)  # a live lock: give it back
+                        continue
                     log.warning("%s: broke a stale manifest lock (older than %.0fs)",
                                 self.host, self.gc.stale_lock)
                     self.t.rmtree(grave)

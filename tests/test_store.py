@@ -349,3 +349,31 @@ def test_directories_with_wrong_name_format_are_ignored(shm_root, src):
     _gc(make_store(shm_root), remove_all=True)
     # not ours to delete: names outside the cache's formats are left alone
     assert os.path.isdir(os.path.join(shm_root, "not-a-hash"))
+
+
+def test_a_fresh_lock_renamed_by_a_late_breaker_is_put_back(shm_root, src, monkeypatch):
+    """A sees a stale lock, B breaks it and takes a new one, then A renames
+    B's fresh lock: A must give it back, not delete it."""
+    store = make_store(shm_root, stale_lock=5)
+    store.ensure_root()
+    lock = os.path.join(shm_root, ".lock")
+    os.mkdir(lock)
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    real_rename = store.t.rename
+    swapped = []
+
+    def rename(src_, dst):
+        if src_ == lock and not swapped:  # B got there first: a fresh lock now
+            os.rmdir(lock)
+            os.mkdir(lock)
+            swapped.append(True)
+        return real_rename(src_, dst)
+
+    monkeypatch.setattr(store.t, "rename", rename)
+    from prng_cache.errors import LockTimeout
+
+    with pytest.raises(LockTimeout):
+        with store.lock(timeout=0.5):
+            pass
+    assert swapped and os.path.isdir(lock)  # B's lock survived
