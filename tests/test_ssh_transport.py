@@ -448,3 +448,17 @@ def test_real_ssh_client_and_distributed_config(cluster, tmp_path):
     assert set(nodes[1]) == {"hostname", "username", "gpu_count", "gpu_type", "script_path",
                              "python_env", "max_concurrent_script_jobs"}
     assert nodes[1]["username"] == cluster.user and nodes[1]["script_path"] == "/opt/prng"
+
+
+def test_direct_connection_acks_at_once(cluster):
+    """The socket under paramiko re-arms TCP_QUICKACK on every read, so sshd's
+    Nagle never waits for a delayed ACK (~40 ms per small exchange)."""
+    import socket
+
+    from prng_cache.transport.ssh import _QuickAckSocket
+
+    with SSHTransport("rig-a", settings=cluster.policy()) as t:
+        t.lstat("/")
+        sock = t.paramiko_transport.sock
+        assert isinstance(sock, _QuickAckSocket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
