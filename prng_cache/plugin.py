@@ -11,7 +11,6 @@ affected jobs keep their original arguments and the reason is logged.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -21,21 +20,12 @@ from .hashing import HashMemo
 from .hookspecs import hookimpl
 from .inputs import discover
 from .jobs import job_args, job_expected_output, job_id
-from .policy import Policy, load_policy
+from .policy import Policy, env_disabled, load_policy
 from .rewrite import Plan, apply_plan, plan_rewrite, rewrite_args
 from .staging import CacheIdRecord, NodeReport, run_on_node, stage_cluster
 from .store import LeaseRequest
 
 log = logging.getLogger(__name__)
-
-_OFF = ("0", "false", "no", "off")
-
-
-def env_disabled(env: Any = None) -> bool:
-    env = os.environ if env is None else env
-    return (env.get("PRNG_CACHE", "").strip().lower() in _OFF
-            or env.get("USE_RAMDISK", "").strip().lower() in _OFF)
-
 
 def _hostname(node: Any) -> str:
     return node["hostname"] if isinstance(node, dict) else node.hostname

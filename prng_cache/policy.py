@@ -30,6 +30,7 @@ __all__ = [
     "NodeSettings",
     "Policy",
     "TransportPolicy",
+    "env_disabled",
     "load_policy",
     "parse_duration",
     "parse_size",
@@ -573,6 +574,14 @@ def _read_file(path: str) -> tuple[_Layer, dict[str, Any]]:
 
 _FALSE = ("0", "false", "no", "off")
 _TRUE = ("1", "true", "yes", "on")
+
+
+def env_disabled(env: Mapping[str, str] | None = None) -> bool:
+    """PRNG_CACHE=0 or USE_RAMDISK=false (and the other "off" words): cheap
+    enough to ask on every dispatch, so switching it off mid-run takes effect."""
+    env = os.environ if env is None else env
+    return (env.get("PRNG_CACHE", "").strip().lower() in _FALSE
+            or env.get("USE_RAMDISK", "").strip().lower() in _FALSE)
 
 
 def _env_values(env: Mapping[str, str]) -> tuple[_Layer, dict[str, Any]]:
