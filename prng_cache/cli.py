@@ -207,8 +207,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
 
     def render(r) -> tuple[dict, list[str], bool]:
-        return r.to_dict(), [f"{verb} {len(r.removed)} entries ({fmt_bytes(r.freed_bytes)}), kept {r.kept} "
-                             f"({r.kept_leased} leased), {len(r.leftovers)} leftover(s)"], False
+        text = [f"{verb} {len(r.removed)} entries ({fmt_bytes(r.freed_bytes)}), kept {r.kept} "
+                f"({r.kept_leased} leased), {verb} {len(r.leftovers)} leftover(s)"]
+        if args.dry_run:  # name every item a real run would delete
+            text += [f"  would remove {k}" for k in r.removed + r.leftovers]
+        if r.foreign:
+            text.append(f"  not prng-cache's, left alone: {', '.join(r.foreign)}")
+        return r.to_dict(), text, False
 
     results = Context(args).each_node(lambda s: gc_node(s, dry_run=args.dry_run, remove_all=args.all))
     return _report_nodes(args, results, render, dry_run=args.dry_run)

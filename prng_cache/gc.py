@@ -1,8 +1,11 @@
 """Eviction, verification and status of one node's cache.
 
-Eviction order: the manifest is updated (under the lock) before any file is
-deleted, never after, so a concurrent stager never leases an entry whose
-files are going away. Entries under a live lease are never touched.
+Eviction order: under the lock, the manifest is written without the victims
+and then their directories are renamed into trash; the trash is deleted after
+the lock is released. A concurrent stager therefore never leases, or merges
+names into, a directory that is going away. Entries under a live lease are
+never touched, nor is anything in the root prng-cache cannot prove it
+created (``NodeStore.survey``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ class GcResult:
     freed_bytes: int = 0
     kept_leased: int = 0
     kept: int = 0
-    leftovers: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # ours, unlisted: removed (or would be)
+    foreign: list[str] = field(default_factory=list)  # not ours: reported, never touched
     expired_leases: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -36,6 +40,8 @@ class GcResult:
             "kept": self.kept,
             "kept_leased": self.kept_leased,
             "leftovers_removed": len(self.leftovers),
+            "leftovers": self.leftovers,
+            "foreign": self.foreign,
             "expired_leases": self.expired_leases,
         }
 
@@ -65,26 +71,31 @@ def gc_node(store: NodeStore, *, dry_run: bool = False, remove_all: bool = False
         return res
     policy = store.gc
     cap = store.settings.capacity
-    with store.lock():
-        snap = store.load()
-        m = snap.manifest
-        now = store.clock()
-        victims, res.kept_leased = choose_victims(
-            m, now, max_age=policy.max_age, max_bytes=cap.max_bytes, remove_all=remove_all)
-        res.removed = victims
-        res.freed_bytes = sum(m.entries[k].size for k in victims)
-        res.kept = len(m.entries) - len(victims)
-        if not dry_run:
-            for k in victims:
-                del m.entries[k]
-            res.expired_leases = m.drop_expired_leases(now)
-            store.write_manifest(m)
-        else:
-            res.expired_leases = [r for r, l in m.leases.items() if l.expires <= now]
-    if not dry_run:
-        store.remove_dirs(victims)
-    # leftovers of killed stagers and directories the manifest never vouched for
-    res.leftovers = store.clean_leftovers(snap, untracked=True, dry_run=dry_run)
+    graves: list[str] = []
+    try:
+        with store.lock():
+            snap = store.load()
+            m = snap.manifest
+            now = store.clock()
+            victims, res.kept_leased = choose_victims(
+                m, now, max_age=policy.max_age, max_bytes=cap.max_bytes, remove_all=remove_all)
+            res.removed = victims
+            res.freed_bytes = sum(m.entries[k].size for k in victims)
+            res.kept = len(m.entries) - len(victims)
+            if not dry_run:
+                for k in victims:
+                    del m.entries[k]
+                res.expired_leases = m.drop_expired_leases(now)
+                store.write_manifest(m)
+                graves = store.bury(victims)
+            else:
+                res.expired_leases = [r for r, l in m.leases.items() if l.expires <= now]
+    finally:
+        store.empty_trash(graves)
+    # what a killed stager or a reset manifest left: ours, unlisted, stale
+    survey = store.survey(snap if dry_run else store.load(warn=False))
+    res.foreign = survey.foreign
+    res.leftovers = survey.reclaimable if dry_run else store.reclaim(survey.reclaimable)
     return res
 
 
@@ -119,12 +130,16 @@ def verify_node(store: NodeStore, *, fix: bool = False) -> VerifyResult:
         if problem:
             res.corrupt[key] = problem
     if fix and res.corrupt:
-        with store.lock():
-            m = store.load().manifest
-            for key in res.corrupt:
-                m.entries.pop(key, None)
-            store.write_manifest(m)
-        store.remove_dirs(list(res.corrupt))
+        graves: list[str] = []
+        try:
+            with store.lock():
+                m = store.load().manifest
+                for key in res.corrupt:
+                    m.entries.pop(key, None)
+                store.write_manifest(m)
+                graves = store.bury(list(res.corrupt))
+        finally:
+            store.empty_trash(graves)
         res.removed = list(res.corrupt)
     return res
 
@@ -147,8 +162,9 @@ def status_node(store: NodeStore) -> dict[str, Any]:
             usage = store.t.disk_usage(store.root.rsplit("/", 1)[0] or "/")
         return {"status": "empty", "cache_root": store.root, "entries": 0, "bytes": 0,
                 "shm_used_percent": round(usage.used_percent, 1) if usage else None,
-                "leases": {}, "cache_id": None, "untracked": 0}
+                "leases": {}, "cache_id": None, "untracked": 0, "foreign": []}
     snap = store.load()
+    survey = store.survey(snap)
     m = snap.manifest
     usage = store.t.disk_usage(store.root)
     now = store.clock()
@@ -163,5 +179,7 @@ def status_node(store: NodeStore) -> dict[str, Any]:
         "leases": {rid: {"entries": len(l.hashes), "expires_in_s": round(l.expires - now), "owner": l.owner}
                    for rid, l in m.leases.items()},
         "untracked": len(snap.untracked),
+        # items prng-cache did not create (e.g. the users' own step2/): never touched
+        "foreign": survey.foreign,
         "manifest_note": snap.reset_reason,
     }

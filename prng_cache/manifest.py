@@ -36,7 +36,8 @@ def is_safe_name(name: str) -> bool:
         and "/" not in name
         and "\0" not in name
         and name not in (".", "..")
-        and not name.startswith(".tmp-")
+        # names the layout reserves: temporaries and ownership markers
+        and not name.startswith((".tmp-", ".trash-", ".prng-"))
     )
 
 

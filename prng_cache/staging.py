@@ -3,6 +3,7 @@ one locked manifest update per node. Per-node failures become reports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from .cluster import Node, fan_out, node_settings, open_transport
 from .errors import IntegrityError, NodeError, TransportError
 from .inputs import Bundle
 from .policy import Policy
-from .store import LeaseRequest, NodeStore, Published, ensure_node_error
+from .store import LeaseRequest, NodeStore, Published, bundle_names, ensure_node_error
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,13 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     if snap.reset_reason:
         rep.warnings.append(f"{snap.reset_reason}: rebuilt")
     if snap.leftovers or snap.untracked:
-        # directories no manifest vouches for (killed stagers, a manifest
-        # reset) are never served; once stale they only hold the node's RAM
-        cleaned = store.clean_leftovers(snap, untracked=True)
+        # what a killed stager or a reset manifest left is never served; once
+        # stale it only holds the node's RAM (8 GB rigs): reclaim what is
+        # provably ours, leave everything else alone
+        cleaned = store.reclaim(store.survey(snap).reclaimable)
         if cleaned:
-            rep.warnings.append(f"removed {len(cleaned)} stale temporary or untracked item(s) "
-                                f"from an interrupted run")
+            rep.warnings.append(f"removed {len(cleaned)} stale temporary or unrecorded item(s) of prng-cache's own "
+                                f"left by an interrupted run")
 
     unique: dict[str, Bundle] = {}
     for b in bundles:
@@ -158,13 +160,26 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         rep.copied_bytes += sent
 
     used = {b.key for b in present} | {p.bundle.key for p in published}
-    m = store.commit(published, used, lease)
+    try:
+        m, refused = store.commit(published, used, lease)
+    except Exception as exc:
+        # nothing was recorded, so nothing is served: what this stage just
+        # published would only hold the node's RAM until gc.stale_temp
+        err = ensure_node_error(exc, host)
+        removed = _unpublish(store, published)
+        rep.status = "error"
+        rep.reason = (f"manifest update failed ({err.problem}); nothing staged"
+                      + (f"; removed the {removed} entry(ies) just uploaded" if removed else ""))
+        rep.skipped = {b.path: rep.reason for b in unique.values()}
+        return rep
     rep.cache_id = m.cache_id
     for b in unique.values():
         if b.path in rep.skipped:
             continue
         entry = m.entries.get(b.key)
-        if entry is not None and all(f.name in entry.files for f in b.files):
+        if b.key in refused:
+            rep.skipped[b.path] = refused[b.key]
+        elif entry is not None and all(f.name in entry.files for f in b.files):
             rep.staged[b.path] = store.ram_path(b)
         else:  # evicted by a concurrent gc between planning and commit
             rep.skipped[b.path] = "evicted concurrently; try again"
@@ -173,6 +188,20 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         rep.reason = f"{len(rep.skipped)} input(s) not staged: " + "; ".join(
             sorted({r for r in rep.skipped.values()}))
     return rep
+
+
+def _unpublish(store: NodeStore, published: list[Published]) -> int:
+    """Best effort after a failed commit: remove the directories this stage
+    created and could not record (re-checked under the lock by reclaim)."""
+    keys = [p.bundle.key for p in published if p.pending_tmp is None and set(p.new_names) == set(bundle_names(p.bundle))]
+    for p in published:
+        if p.pending_tmp is not None:
+            store.empty_trash([p.pending_tmp])
+    try:
+        return len(store.reclaim(keys))
+    except Exception as exc:  # the node may be full or gone: gc reclaims later
+        log.warning("%s: could not remove unrecorded uploads now (%s)", store.host, exc)
+        return 0
 
 
 def _skip(rep: NodeReport, bundles: dict[str, Bundle], key: str, reason: str) -> None:
@@ -268,14 +297,16 @@ class CacheIdRecord:
     def save(self) -> None:
         if not self._dirty:
             return
+        tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(self.ids, f, indent=1, sort_keys=True)
             os.replace(tmp, self.path)
         except OSError as exc:
             log.debug("cannot save %s: %s", self.path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a full cache directory must not collect these
 
 
 def cache_dir() -> str:

@@ -3,12 +3,27 @@
 Layout::
 
     <root>/                      0700, owned by the user, never a symlink
-      manifest.msgpack           the only source of trust
+      manifest.msgpack           the only source of trust for serving
+      .prng-root-<root>          this root's ownership token (an empty file)
       .lock/                     manifest lock (mkdir is atomic everywhere)
-      .tmp-<token>[/]            a bundle (or one more name of a cached
+      .tmp-<root>-<proc>-<rand>  a bundle (or one more name of a cached
                                  one) being uploaded (invisible to jobs)
-      .trash-<token>/            a directory on its way out
+      .trash-<root>-<proc>-<rand> something of ours on its way out
       <key>/<basename>           a published bundle: key = xxh3-128 of content
+      <key>/.prng-<root>         marker: prng-cache created this directory
+
+The root may hold other people's files (the users' own ``step2/`` preload,
+anything at all). prng-cache deletes only what it can prove it created:
+entries its manifest lists, temporaries and trash whose name carries this
+root's token, and unlisted ``<key>`` directories holding this root's marker
+(a killed stager's or a reset manifest's). Everything else is "foreign":
+reported, never modified, moved, served or deleted.
+
+Every deletion of a ``<key>`` directory happens as a rename into ``.trash-*``
+*under the manifest lock*, after the manifest no longer lists it; only the
+``rmtree`` of the trash runs after the lock is released. A stager that merges
+names into an existing ``<key>`` directory and leases it does so under the
+same lock, so gc can never delete a directory a stager has just recorded.
 
 Publishing writes into ``.tmp-*`` and renames into place, so a ``<key>``
 directory only ever appears complete. When ``<key>`` already exists (another
@@ -25,6 +40,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -43,11 +59,22 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 LOCK_NAME = ".lock"
+ROOT_TOKEN_PREFIX = ".prng-root-"
+MARKER_PREFIX = ".prng-"
 CHUNK = 1 << 20
+
+# Names every temporary of this process carries (after the root token), so an
+# interrupted process can remove exactly its own temporaries, at any age.
+PROCESS_TOKEN = secrets.token_hex(4)
+_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 def _token() -> str:
     return secrets.token_hex(6)
+
+
+def new_root_token() -> str:
+    return secrets.token_hex(8)
 
 
 def owner_label() -> str:
@@ -64,13 +91,39 @@ class Snapshot:
     reset_reason: str | None = None
     dropped: list[str] = field(default_factory=list)  # entries whose dir vanished
 
+    # this root's ownership tokens (normally one; two stagers creating a
+    # fresh root at once may each leave one: both are ours)
+    tokens: set[str] = field(default_factory=set)
+
     @property
     def untracked(self) -> list[str]:
+        """Hash-named directories the manifest does not list (never served)."""
         return [n for n, i in self.listing.items() if is_key(n) and n not in self.manifest.entries]
 
     @property
     def leftovers(self) -> list[str]:
-        return [n for n in self.listing if n.startswith((TMP_PREFIX, TRASH_PREFIX))]
+        """Temporaries and trash carrying this root's token: ours by name."""
+        prefixes = tuple(p + t + "-" for t in self.tokens for p in (TMP_PREFIX, TRASH_PREFIX))
+        return [n for n in self.listing if prefixes and n.startswith(prefixes)]
+
+    def is_own_name(self, name: str) -> bool:
+        """Items of ours recognisable by name alone."""
+        return (name in (MANIFEST_NAME, LOCK_NAME) or name in self.manifest.entries
+                or name.startswith(ROOT_TOKEN_PREFIX) or name in self.leftovers)
+
+
+def root_tokens(listing: dict[str, FileInfo]) -> set[str]:
+    return {n[len(ROOT_TOKEN_PREFIX):] for n, i in listing.items()
+            if n.startswith(ROOT_TOKEN_PREFIX) and _TOKEN_RE.match(n[len(ROOT_TOKEN_PREFIX):]) and i.is_file}
+
+
+@dataclass
+class Survey:
+    """What in a root is ours to reclaim, and what is not ours at all."""
+
+    reclaimable: list[str] = field(default_factory=list)  # ours, unlisted, stale
+    fresh: list[str] = field(default_factory=list)  # ours, unlisted, maybe in use
+    foreign: list[str] = field(default_factory=list)  # not provably ours: never touched
 
 
 @dataclass
@@ -99,6 +152,7 @@ class NodeStore:
         self.owner = owner or owner_label()
         self.clock = clock
         self._uid: int | None = None
+        self.tokens: set[str] = set()  # learnt from the last listing of the root
 
     @property
     def host(self) -> str:
@@ -180,11 +234,99 @@ class NodeStore:
             if info is None or not info.is_dir:
                 dropped.append(key)
                 del manifest.entries[key]
-        return Snapshot(manifest, listing, reset, dropped)
+        self.tokens = root_tokens(listing)
+        return Snapshot(manifest, listing, reset, dropped, set(self.tokens))
+
+    # ------------------------------------------------------------ ownership
+    @property
+    def token(self) -> str:
+        """This root's ownership token, created on first need (an empty file
+        ``.prng-root-<token>``: its name is the proof, read with the listing)."""
+        if not self.tokens:
+            tok = new_root_token()
+            with self.t.open_write(self.path(ROOT_TOKEN_PREFIX + tok), 0o600):
+                pass
+            self.tokens = {tok}
+        return min(self.tokens)
+
+    def tmp_name(self, what: str = "") -> str:
+        return f"{TMP_PREFIX}{self.token}-{PROCESS_TOKEN}-{what + '-' if what else ''}{_token()}"
+
+    def trash_name(self) -> str:
+        return f"{TRASH_PREFIX}{self.token}-{PROCESS_TOKEN}-{_token()}"
+
+    def owns_dir(self, name: str, info: FileInfo | None, tokens: set[str] | None = None) -> bool:
+        """A directory of ours that the manifest does not list: a real
+        directory, our uid, holding this root's marker file."""
+        tokens = self.tokens if tokens is None else tokens
+        if info is None or not info.is_dir or info.uid != self._uid or not tokens:
+            return False
+        try:
+            inside = self.t.listdir_attr(self.path(name))
+        except OSError:
+            return False
+        return any((m := inside.get(MARKER_PREFIX + t)) is not None and m.is_file for t in tokens)
+
+    def survey(self, snap: Snapshot) -> Survey:
+        """Sort every item of the root into ours-to-reclaim and foreign."""
+        now = self.t.now()
+        out = Survey()
+        leftovers = set(snap.leftovers)
+        for name, info in sorted(snap.listing.items()):
+            if name in (MANIFEST_NAME, LOCK_NAME) or name in snap.manifest.entries:
+                continue
+            if name.startswith(ROOT_TOKEN_PREFIX) and name[len(ROOT_TOKEN_PREFIX):] in snap.tokens:
+                continue
+            if name in leftovers or (is_key(name) and self.owns_dir(name, info, snap.tokens)):
+                # judge age both ways: a node clock that was wrong when the
+                # item was written must not make it immortal
+                stale = abs(now - self._newest_mtime(name, info)) > self.gc.stale_temp
+                (out.reclaimable if stale else out.fresh).append(name)
+            else:
+                out.foreign.append(name)
+        return out
+
+    def reclaim(self, names: list[str]) -> list[str]:
+        """Delete items of ours that the manifest does not list.
+
+        Re-checked and renamed away under the lock (a concurrent stager may
+        have recorded an unlisted directory meanwhile: then it stays);
+        deleted after. Returns what was removed."""
+        if not names:
+            return []
+        graves: list[str] = []
+        removed: list[str] = []
+        with self.lock():
+            snap = self.load(warn=False)
+            for name in names:
+                if name in snap.manifest.entries or name not in snap.listing:
+                    continue
+                grave = self.path(self.trash_name())
+                try:
+                    self.t.rename(self.path(name), grave)
+                except FileNotFoundError:
+                    continue
+                graves.append(grave)
+                removed.append(name)
+        self.empty_trash(graves)
+        return removed
+
+    def remove_own_temporaries(self) -> list[str]:
+        """After an interrupt: delete this process's temporaries, at any age."""
+        listing = self.t.listdir_attr(self.root)
+        mine = tuple(p + t + "-" + PROCESS_TOKEN + "-" for t in root_tokens(listing)
+                     for p in (TMP_PREFIX, TRASH_PREFIX))
+        gone = []
+        for name in listing:
+            if mine and name.startswith(mine):
+                with contextlib.suppress(FileNotFoundError):
+                    self.t.rmtree(self.path(name))
+                gone.append(name)
+        return gone
 
     def write_manifest(self, m: Manifest) -> None:
         """Atomic replace: a reader sees the old or the new manifest, never half."""
-        tmp = self.path(f"{TMP_PREFIX}manifest-{_token()}")
+        tmp = self.path(self.tmp_name("manifest"))
         try:
             with self.t.open_write(tmp, 0o600) as f:
                 f.write(m.to_bytes())
@@ -199,14 +341,19 @@ class NodeStore:
         """Exclusive manifest lock: ``mkdir .lock`` is atomic locally and over SFTP.
 
         The lock is held only to re-read, merge and write the manifest
-        (milliseconds), so a lock older than ``gc.stale_lock`` was left by a
-        killed process and is broken: renamed away (of two breakers only one
-        succeeds), then, if what was renamed turns out to be fresh (a third
-        process took the lock between our look and our rename), put back.
+        (milliseconds), so a stale lock was left by a killed process and is
+        broken. Stale means: its node-clock age is more than ``gc.stale_lock``
+        either way (a lock dated in the future was written while the node's
+        clock was wrong; waiting for the clock to catch up would wedge the
+        node), or we have watched the very same lock for that long. Breaking
+        renames it away (of two breakers only one succeeds); if what was
+        renamed turns out to be fresh (a third process took the lock between
+        our look and our rename) it is put back.
         """
         lock = self.path(LOCK_NAME)
         deadline = time.monotonic() + timeout
         delay = 0.01
+        watched: tuple[tuple, float] | None = None  # (lock identity, first seen)
         while True:
             try:
                 self.t.mkdir(lock, 0o700)
@@ -220,18 +367,14 @@ class NodeStore:
                 if exc.errno is not None or time.monotonic() > deadline:
                     raise
             info = self.t.lstat(lock)
-            if info is not None and self.t.now() - info.mtime > self.gc.stale_lock:
-                grave = self.path(f"{TRASH_PREFIX}lock-{_token()}")
-                with contextlib.suppress(OSError):
-                    self.t.rename(lock, grave)
-                    taken = self.t.lstat(grave)
-                    if taken is not None and self.t.now() - taken.mtime <= self.gc.stale_lock:
-                        self.t.rename(grave, lock)  # a live lock: give it back
-                        continue
-                    log.warning("%s: broke a stale manifest lock (older than %.0fs)",
-                                self.host, self.gc.stale_lock)
-                    self.t.rmtree(grave)
-                continue
+            if info is not None:
+                ident = (info.mtime, info.uid, info.mode)
+                if watched is None or watched[0] != ident:
+                    watched = (ident, time.monotonic())
+                if self._lock_stale(info.mtime, watched[1]):
+                    self._break_lock(lock, info.mtime)
+                    watched = None
+                    continue
             if time.monotonic() > deadline:
                 raise LockTimeout(self.host, f"manifest lock {lock} held for more than {timeout:.0f}s")
             time.sleep(delay)
@@ -241,6 +384,23 @@ class NodeStore:
         finally:
             with contextlib.suppress(Exception):
                 self.t.rmdir(lock)
+
+    def _lock_stale(self, mtime: float, first_seen: float) -> bool:
+        age = self.t.now() - mtime
+        return abs(age) > self.gc.stale_lock or time.monotonic() - first_seen > self.gc.stale_lock
+
+    def _break_lock(self, lock: str, judged_mtime: float) -> None:
+        grave = self.path(self.trash_name() + "-lock")
+        with contextlib.suppress(OSError):
+            self.t.rename(lock, grave)
+            taken = self.t.lstat(grave)
+            if taken is not None and taken.mtime != judged_mtime:
+                # not the lock we judged stale: a live one taken meanwhile
+                self.t.rename(grave, lock)
+                return
+            log.warning("%s: broke a stale manifest lock (older than %.0fs, or dated in the future)",
+                        self.host, self.gc.stale_lock)
+            self.t.rmdir(grave)  # an empty directory: a lock is never rmtree'd
 
     # ------------------------------------------------------------ lookups
     def entry_ok(self, key: str, entry: Entry, names: list[str] | None = None,
@@ -319,7 +479,7 @@ class NodeStore:
             for f in missing:
                 # in the root, not inside <key>: a killed stager's leftover
                 # is then found and cleaned like any other temporary
-                tmp = self.path(f"{TMP_PREFIX}{_token()}")
+                tmp = self.path(self.tmp_name())
                 try:
                     sent += self.upload_file(f, tmp)
                     self.t.rename(tmp, self.path(bundle.key, f.name))
@@ -328,9 +488,13 @@ class NodeStore:
                         self.t.unlink(tmp)
                     raise
             return Published(bundle, new_names=tuple(f.name for f in missing)), sent
-        tmp = self.path(f"{TMP_PREFIX}{_token()}")
+        tmp = self.path(self.tmp_name())
         self.t.mkdir(tmp, 0o700)
         try:
+            # the marker proves, after a manifest reset or a killed stager,
+            # that this directory is ours to reclaim
+            with self.t.open_write(f"{tmp}/{MARKER_PREFIX}{self.token}", 0o400):
+                pass
             sent = sum(self.upload_file(f, f"{tmp}/{f.name}") for f in bundle.files)
             try:
                 self.t.rename(tmp, self.path(bundle.key))
@@ -347,72 +511,70 @@ class NodeStore:
             raise
 
     def commit(self, published: list[Published], used: set[str],
-               lease: LeaseRequest | None = None) -> Manifest:
+               lease: LeaseRequest | None = None) -> tuple[Manifest, dict[str, str]]:
         """Merge what this stage published into the manifest, under the lock.
 
         Re-reads the manifest so concurrent stagers' entries are kept; takes
-        the lease on every key in ``used`` that is still present.
+        the lease on every key in ``used`` that is still present. Returns the
+        manifest written and the keys refused (key -> reason): a ``<key>``
+        path that exists but is not provably ours is never written through,
+        moved or deleted.
         """
         now = self.clock()
         trash: list[str] = []
-        with self.lock():
-            snap = self.load(warn=False)
-            m = snap.manifest
-            for p in published:
-                b = p.bundle
-                entry = m.entries.get(b.key)
-                files = {f.name: f for f in b.files}
-                if p.pending_tmp is not None:
-                    if entry is not None:
-                        have = [n for n in files if n in entry.files
-                                and self.entry_ok(b.key, entry, [n], files) is None]
-                    else:
-                        have = []
-                    if len(have) == len(files):
-                        trash.append(p.pending_tmp)  # a concurrent stager won
-                        continue
-                    if self._merge(b.key, p.pending_tmp, [n for n in files if n not in have]):
-                        # our files (hash-checked while uploaded) renamed into
-                        # the existing directory one by one: the names other
-                        # stagers published there, and their readers, stay
+        refused: dict[str, str] = {}
+        try:
+            with self.lock():
+                snap = self.load(warn=False)
+                m = snap.manifest
+                for p in published:
+                    b = p.bundle
+                    entry = m.entries.get(b.key)
+                    files = {f.name: f for f in b.files}
+                    if p.pending_tmp is not None:
                         trash.append(p.pending_tmp)
+                        have = [] if entry is None else [
+                            n for n in files if n in entry.files and self.entry_ok(b.key, entry, [n], files) is None]
+                        if len(have) == len(files):
+                            continue  # a concurrent stager won
+                        if entry is None and not self.owns_dir(b.key, snap.listing.get(b.key)):
+                            refused[b.key] = (f"{self.path(b.key)} exists and is not prng-cache's "
+                                              f"(no marker of this cache root); left untouched")
+                            continue
+                        # our files (hash-checked while uploaded) renamed into the
+                        # existing directory one by one: the names other stagers
+                        # published there, and their readers, stay
+                        if not self._merge(b.key, p.pending_tmp, [n for n in files if n not in have]):
+                            refused[b.key] = f"{self.path(b.key)} is not a directory of ours; left untouched"
+                            continue
                     else:
-                        # <key> is not a directory of ours (a symlink, a
-                        # file...): move it away, never write through it
-                        grave = self.path(f"{TRASH_PREFIX}{_token()}")
-                        with contextlib.suppress(FileNotFoundError):
-                            self.t.rename(self.path(b.key), grave)
-                            trash.append(grave)
-                        self.t.rename(p.pending_tmp, self.path(b.key))
-                        entry = None  # whatever it listed went with it
-                else:
-                    info = snap.listing.get(b.key)
-                    if info is None or not info.is_dir:
-                        # removed (gc of an untracked directory) between our
-                        # upload and this commit: not recorded, so not served
-                        log.warning("%s: %s vanished before it was recorded", self.host, b.key)
-                        continue
-                if entry is None:
-                    entry = m.entries[b.key] = Entry(size=0, files={}, added=now, last_used=now)
-                for f in b.files:
-                    if f.name in p.new_names or f.name not in entry.files:
-                        entry.files[f.name] = f.hash
-                entry.size = _entry_size(entry, b)
-            for key in used:
-                if key in m.entries:
-                    m.entries[key].last_used = now
-            m.drop_expired_leases(now)
-            if lease is not None:
-                keys = {k for k in used if k in m.entries}
-                old = m.leases.get(lease.run_id)
-                if old is not None:
-                    keys |= old.hashes
-                m.leases[lease.run_id] = Lease(hashes=keys, expires=now + lease.ttl, owner=self.owner)
-            self.write_manifest(m)
-        for path in trash:
-            with contextlib.suppress(Exception):
-                self.t.rmtree(path)
-        return m
+                        info = snap.listing.get(b.key)
+                        if info is None or not info.is_dir:
+                            # gone between our upload and this commit: not
+                            # recorded, so not served
+                            log.warning("%s: %s vanished before it was recorded", self.host, b.key)
+                            continue
+                    if entry is None:
+                        entry = m.entries[b.key] = Entry(size=0, files={}, added=now, last_used=now)
+                    for f in b.files:
+                        if f.name in p.new_names or f.name not in entry.files:
+                            entry.files[f.name] = f.hash
+                    entry.size = _entry_size(entry, b)
+                used = used - set(refused)
+                for key in used:
+                    if key in m.entries:
+                        m.entries[key].last_used = now
+                m.drop_expired_leases(now)
+                if lease is not None:
+                    keys = {k for k in used if k in m.entries}
+                    old = m.leases.get(lease.run_id)
+                    if old is not None:
+                        keys |= old.hashes
+                    m.leases[lease.run_id] = Lease(hashes=keys, expires=now + lease.ttl, owner=self.owner)
+                self.write_manifest(m)
+        finally:
+            self.empty_trash(trash)
+        return m, refused
 
     def _merge(self, key: str, tmp: str, names: list[str]) -> bool:
         """Rename ``names`` from ``tmp`` into the existing directory ``key``.
@@ -420,7 +582,7 @@ class NodeStore:
         False (nothing moved) when ``key`` is not a real directory of ours:
         renaming into a symlink would write through it."""
         info = self.t.lstat(self.path(key))
-        if info is None or not info.is_dir or info.uid != self._uid:
+        if info is None or info.is_symlink or not info.is_dir or info.uid != self._uid:
             return False
         moved = 0
         try:
@@ -448,23 +610,6 @@ class NodeStore:
         return lease is not None
 
     # ------------------------------------------------------------ cleanup
-    def clean_leftovers(self, snap: Snapshot, *, untracked: bool = False, dry_run: bool = False) -> list[str]:
-        """Remove temporaries (and optionally untracked hash dirs) that nobody
-        has touched for ``gc.stale_temp``: a killed stager's leftovers. Fresh
-        ones may belong to a stage in progress and are kept."""
-        now = self.t.now()
-        names = list(snap.leftovers) + (snap.untracked if untracked else [])
-        removed = []
-        for name in names:
-            info = snap.listing[name]
-            if now - self._newest_mtime(name, info) <= self.gc.stale_temp:
-                continue
-            removed.append(name)
-            if not dry_run:
-                with contextlib.suppress(FileNotFoundError):
-                    self.t.rmtree(self.path(name))
-        return removed
-
     def _newest_mtime(self, name: str, info: FileInfo) -> float:
         newest = info.mtime
         if info.is_dir:
@@ -473,12 +618,13 @@ class NodeStore:
                     newest = max(newest, child.mtime)
         return newest
 
-    def remove_dirs(self, keys: list[str]) -> None:
-        """Delete hash directories already dropped from the manifest.
-
-        Renamed away first, so a reader never sees a half-deleted entry."""
+    def bury(self, keys: list[str]) -> list[str]:
+        """Rename hash directories, already dropped from the manifest, into
+        trash. Call under the lock: a reader never sees a half-deleted entry
+        and a stager never records a directory that is going away."""
+        graves = []
         for key in keys:
-            grave = self.path(f"{TRASH_PREFIX}{_token()}")
+            grave = self.path(self.trash_name())
             try:
                 self.t.rename(self.path(key), grave)
             except FileNotFoundError:
@@ -487,7 +633,13 @@ class NodeStore:
                 if exc.errno == errno.ENOENT:
                     continue
                 raise
-            self.t.rmtree(grave)
+            graves.append(grave)
+        return graves
+
+    def empty_trash(self, paths: list[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(Exception):
+                self.t.rmtree(path)
 
 
 def bundle_names(bundle: Bundle) -> tuple[str, ...]:

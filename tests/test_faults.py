@@ -344,7 +344,8 @@ def test_connection_lost_mid_upload_leaves_no_entry_and_next_stage_completes(clu
     if what == "new-entry":
         assert key not in node_names(node, root)
     else:
-        assert node_names(node, f"{root}/{key}") == ["big.bin"]  # the temporary is not in there
+        # the temporary is not in there (only the entry's ownership marker)
+        assert [n for n in node_names(node, f"{root}/{key}") if not n.startswith(".prng-")] == ["big.bin"]
         assert node_manifest(node).entries[key].names == ["big.bin"]
     assert [n for n in node_names(node, root) if n.startswith(".tmp-")]  # removed after gc.stale_temp
     monkeypatch.setattr(SSHTransport, "open_write", _OPEN_WRITE)
@@ -712,6 +713,17 @@ def test_planted_links_are_never_followed_nor_served(cluster, src, plant):
 
     assert run_on_node(Node("rig-a"), policy, held).staged == {}  # `prng-cache rewrite` keeps the original path
     rep = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
+    if plant == "symlink-dir":
+        # the entry itself replaced: <key> is no longer provably ours, so it
+        # is neither written through nor removed; that input falls back
+        assert rep.status == "fallback" and b.path not in rep.staged, rep.to_dict()
+        assert "not prng-cache's" in rep.skipped[b.path]
+        assert node.run(f"readlink {q(entry)}").stdout.strip() == evil
+        assert node_bytes(node, f"{evil}/{b.name}") == b"evil"
+        assert sorted(node_names(node, evil)) == [b.name]
+        assert b.key not in node_manifest(node).entries
+        assert not [n for n in node_names(node, root) if n.startswith((".tmp-", ".trash-", ".lock"))]
+        return
     assert rep.status == "ok" and rep.copied_files == 1 and rep.staged[b.path] == ram
     assert node.run(f"stat -c '%F %h' {q(entry)} {q(ram)}").stdout.split("\n")[:2] == ["directory 2", "regular file 1"]
     assert node_bytes(node, ram) == Path(b.path).read_bytes()

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from prng_cache.errors import UnsafeCacheRootError
-from prng_cache.gc import gc_node, verify_node
+from prng_cache.gc import gc_node, status_node, verify_node
 from prng_cache.inputs import discover
 from prng_cache.manifest import MANIFEST_NAME, decode
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeSettings
@@ -179,8 +179,8 @@ def test_vanished_entry_dropped_and_restaged(shm_root, src):
     assert rep.copied_files == 1 and rep.present_files == 1
 
 
-def test_untracked_directory_is_never_served(shm_root, src):
-    bs = bundles(src, "train_history.json")
+def test_untracked_directory_is_never_served_nor_touched(shm_root, src):
+    bs = bundles(src, "train_history.json", "holdout_history.json")
     os.makedirs(shm_root, mode=0o700)
     planted = os.path.join(shm_root, bs[0].key)
     os.mkdir(planted)
@@ -188,8 +188,88 @@ def test_untracked_directory_is_never_served(shm_root, src):
         f.write("poisoned")
     assert held_inputs(make_store(shm_root), bs) == {}
     rep = stage_node(make_store(shm_root), bs)
-    assert rep.copied_files == 1
-    assert open(rep.staged[bs[0].path]).read() == (src / "train_history.json").read_text()
+    # not provably ours (no marker of this root): never served, never
+    # written through, moved or deleted; that input falls back, others stage
+    assert bs[0].path not in rep.staged and "not prng-cache's" in rep.skipped[bs[0].path]
+    assert open(os.path.join(planted, "train_history.json")).read() == "poisoned"
+    assert sorted(os.listdir(planted)) == ["train_history.json"]
+    assert open(rep.staged[bs[1].path]).read() == (src / "holdout_history.json").read_text()
+    assert bs[0].key not in read_manifest(shm_root).entries
+    assert not [n for n in os.listdir(shm_root) if n.startswith((".tmp-", ".trash-"))]
+
+
+def _plant_foreign(root: str) -> dict[str, str]:
+    """Items a cache root may hold that prng-cache did not create: the
+    users' preload directories, a 32-hex directory, a .tmp-* and a .trash-*
+    of someone else's, a sentinel. Returns relative path -> content."""
+    items = {
+        "step2/train_history.json": "users' preload",
+        "step2/.ready": "",
+        ".ready": "",
+        "0123456789abcdef0123456789abcdef/data.json": "not ours",
+        ".tmp-deadbeef/half": "someone's",
+        ".trash-cafe/x": "someone's",
+        "notes.txt": "keep me",
+    }
+    for rel, text in items.items():
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        with open(os.path.join(root, rel), "w") as f:
+            f.write(text)
+    old = time.time() - 7 * 86400
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            os.utime(os.path.join(d, n), (old, old))
+    return items
+
+
+def _assert_foreign_intact(root: str, items: dict[str, str]) -> None:
+    for rel, text in items.items():
+        with open(os.path.join(root, rel)) as f:
+            assert f.read() == text, rel
+
+
+def test_foreign_items_are_never_deleted_by_stage_or_gc(shm_root, src):
+    os.makedirs(shm_root, mode=0o700)
+    items = _plant_foreign(shm_root)
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    rep = stage_node(make_store(shm_root, stale_temp=1), bs)
+    assert rep.status == "ok" and not any("removed" in w for w in rep.warnings)
+    _assert_foreign_intact(shm_root, items)
+
+    dry = gc_node(make_store(shm_root, stale_temp=1), remove_all=True, dry_run=True)
+    assert sorted(dry.removed) == sorted(b.key for b in bs) and dry.leftovers == []
+    assert sorted(dry.foreign) == sorted([".ready", ".tmp-deadbeef", ".trash-cafe",
+                                          "0123456789abcdef0123456789abcdef", "notes.txt", "step2"])
+    res = gc_node(make_store(shm_root, stale_temp=1), remove_all=True)
+    assert sorted(res.removed) == sorted(b.key for b in bs) and res.leftovers == []
+    _assert_foreign_intact(shm_root, items)
+    st = status_node(make_store(shm_root))
+    assert sorted(st["foreign"]) == sorted(dry.foreign)
+
+
+def test_own_leftovers_are_reclaimed_after_a_manifest_reset(shm_root, src):
+    """What prng-cache created is still reclaimed when the manifest that
+    listed it is lost: its marker proves it is ours. Dry run names it."""
+    os.makedirs(shm_root, mode=0o700)
+    items = _plant_foreign(shm_root)
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    stage_node(make_store(shm_root), bs)
+    store = make_store(shm_root)
+    store.load()
+    leftover = os.path.join(shm_root, store.tmp_name())  # a killed stager's
+    os.mkdir(leftover)
+    os.unlink(os.path.join(shm_root, MANIFEST_NAME))  # manifest reset
+    old = time.time() - 3600
+    for d, dirs, files in os.walk(shm_root):
+        for n in dirs + files:
+            os.utime(os.path.join(d, n), (old, old))
+    dry = gc_node(make_store(shm_root, stale_temp=60), dry_run=True)
+    assert sorted(dry.leftovers) == sorted([b.key for b in bs] + [os.path.basename(leftover)])
+    res = gc_node(make_store(shm_root, stale_temp=60))
+    assert sorted(res.leftovers) == sorted(dry.leftovers)
+    names = set(os.listdir(shm_root))
+    assert not names & set(dry.leftovers)
+    _assert_foreign_intact(shm_root, items)
 
 
 def test_unsafe_cache_roots_refused(tmp_path, shm_root, src):
@@ -236,16 +316,58 @@ def test_capacity_max_bytes_falls_back_without_partial_files(shm_root, src):
 
 def test_stale_lock_and_temporaries_of_a_killed_stager_are_cleaned(shm_root, src):
     bs = bundles(src, "train_history.json")
+    killed = make_store(shm_root)
+    killed.ensure_root()
+    killed.load()
+    tmp = killed.tmp_name()  # carries this root's token: provably ours
     os.makedirs(os.path.join(shm_root, ".lock"))
-    os.chmod(shm_root, 0o700)
-    os.makedirs(os.path.join(shm_root, ".tmp-deadbeef"))
-    open(os.path.join(shm_root, ".tmp-deadbeef", "half"), "w").write("partial")
+    os.makedirs(os.path.join(shm_root, tmp))
+    open(os.path.join(shm_root, tmp, "half"), "w").write("partial")
     old = time.time() - 3600
-    for p in (".lock", ".tmp-deadbeef/half", ".tmp-deadbeef"):
+    for p in (".lock", f"{tmp}/half", tmp):
         os.utime(os.path.join(shm_root, p), (old, old))
     rep = stage_node(make_store(shm_root, stale_lock=5, stale_temp=60), bs)
     assert rep.status == "ok"
-    assert sorted(os.listdir(shm_root)) == sorted([MANIFEST_NAME, bs[0].key])
+    assert sorted(n for n in os.listdir(shm_root) if not n.startswith(".prng-root-")) == \
+        sorted([MANIFEST_NAME, bs[0].key])
+
+
+@pytest.mark.parametrize("skew", [+3600, -3600], ids=["future", "past"])
+def test_lock_dated_by_a_wrong_node_clock_cannot_wedge_the_node(shm_root, src, skew):
+    """A lock whose mtime is far in the future (the node's clock was wrong
+    when a killed process took it) is stale too; so is one far in the past."""
+    bs = bundles(src, "train_history.json")
+    store = make_store(shm_root, stale_lock=30)
+    store.ensure_root()
+    os.mkdir(os.path.join(shm_root, ".lock"))
+    t = time.time() + skew
+    os.utime(os.path.join(shm_root, ".lock"), (t, t))
+    with store.lock(timeout=5):  # before the fix: LockTimeout
+        assert os.path.isdir(os.path.join(shm_root, ".lock"))
+    assert not os.path.exists(os.path.join(shm_root, ".lock"))
+    assert not [n for n in os.listdir(shm_root) if n.startswith(".trash-")]
+    assert stage_node(make_store(shm_root, stale_lock=30), bs).status == "ok"
+
+
+def test_a_lock_watched_unchanged_for_stale_lock_is_broken(shm_root, src, monkeypatch):
+    """Whatever its date says, a lock we have watched unchanged for
+    gc.stale_lock seconds (by our own monotonic clock) was abandoned."""
+    store = make_store(shm_root, stale_lock=30)
+    store.ensure_root()
+    os.mkdir(os.path.join(shm_root, ".lock"))
+    t = time.time() + 10  # within stale_lock of now: not judged by age
+    os.utime(os.path.join(shm_root, ".lock"), (t, t))
+    clock = [1000.0]
+
+    def fake_monotonic():
+        clock[0] += 5.0  # every look at the clock: 5 s later
+        return clock[0]
+
+    monkeypatch.setattr("prng_cache.store.time.monotonic", fake_monotonic)
+    monkeypatch.setattr("prng_cache.store.time.sleep", lambda s: None)
+    with store.lock(timeout=1000):
+        pass
+    assert not os.path.exists(os.path.join(shm_root, ".lock"))
 
 
 def test_live_lock_is_waited_for_not_broken(shm_root, src):
@@ -278,11 +400,17 @@ def test_gc_respects_leases_age_and_size(shm_root, src):
 
 
 def test_expired_lease_is_collectable(shm_root, src):
-    bs = bundles(src, "survivors.npz")
-    stage_node(make_store(shm_root), bs, lease=LeaseRequest("crashed-run", ttl=0.05))
-    time.sleep(0.1)
-    res = gc_node(make_store(shm_root), remove_all=True)
+    """An expired lease protects nothing; a live one still does (so the test
+    fails both when gc ignores leases and when it ignores expiry)."""
+    bs = bundles(src, "survivors.npz", "train_history.json")
+    at = lambda t: NodeStore(LocalTransport("t"), NodeSettings(mode="cache", cache_root=shm_root,
+                                                               capacity=CapacityPolicy()),
+                             GcPolicy(), clock=lambda: t)
+    stage_node(at(1000.0), [bs[0]], lease=LeaseRequest("crashed-run", ttl=50))
+    stage_node(at(1000.0), [bs[1]], lease=LeaseRequest("live-run", ttl=5000))
+    res = gc_node(at(1100.0), remove_all=True)
     assert res.removed == [bs[0].key] and res.expired_leases == ["crashed-run"]
+    assert res.kept_leased == 1 and os.path.isdir(os.path.join(shm_root, bs[1].key))
 
 
 def test_gc_size_limit_evicts_least_recently_used(shm_root, src):
