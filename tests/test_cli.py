@@ -152,3 +152,19 @@ def test_user_errors_are_one_clear_line(example, files, args, words):
     assert "Traceback" not in p.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+def test_rewrite_keeps_json_types(example):
+    """Numbers in a job's args stay numbers: only rewritten paths change."""
+    d, root = example
+    jobs = json.loads((d / "jobs.json").read_text())
+    jobs[0]["args"][3:4] = [0, 0.5, -7, 2**63, 1e-300]
+    (d / "jobs.json").write_text(json.dumps(jobs))
+    run(d, "stage", "--jobs-file", "jobs.json", check=0)
+    out = json.loads(run(d, "rewrite", "--jobs-file", "jobs.json", "--node", "localhost", check=0).stdout)
+    a0 = out[0]["args"]
+    assert a0[0].startswith(root + "/")
+    assert a0[3:8] == [0, 0.5, -7, 2**63, 1e-300]
+    assert [type(v) for v in a0[3:8]] == [int, float, int, int, float]
+    assert a0[8:] == jobs[0]["args"][8:]
+
