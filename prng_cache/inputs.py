@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import HashError
 from .hashing import HashMemo, bundle_key, hash_and_stat
@@ -20,6 +21,8 @@ from .manifest import is_safe_name
 from .jobs import job_args, job_expected_output, job_id
 from .policy import InputsPolicy
 from .rewrite import iter_path_tokens, resolve
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,25 @@ class Discovery:
         """Mapping for rewrite_args when every bundle is present under cache_root."""
         return {p: b.ram_path(cache_root) for p, b in self.bundles.items()}
 
+    def spread(self, by_path: Mapping[str, V]) -> dict[str, V]:
+        """``by_path`` (a node's staged or skipped inputs) extended to every
+        input with the same key and name as one of its paths.
+
+        A node holds each (key, name) once, and staging reports it under one
+        of the paths that name it; the same bytes under the same basename in
+        another directory are served by the same copy (or skipped for the
+        same reason)."""
+        first: dict[tuple[str, str], V] = {}
+        for p, v in by_path.items():
+            b = self.bundles.get(p)
+            if b is not None:
+                first.setdefault((b.key, b.name), v)
+        out = dict(by_path)
+        for p, b in self.bundles.items():
+            if p not in out and (b.key, b.name) in first:
+                out[p] = first[(b.key, b.name)]
+        return out
+
 
 def _matches(path: str, patterns: Iterable[str]) -> str | None:
     base = posixpath.basename(path)
@@ -74,6 +96,9 @@ def discover(
     need = policy.min_jobs if min_jobs is None else min_jobs
     d = Discovery()
     not_files: set[str] = set()  # stat each distinct path once
+    # path -> (st_dev, st_ino): spellings of one file ("data/x", "../w/data/x")
+    # count their jobs together for min_jobs
+    ident: dict[str, tuple[int, int]] = {}
     for job in jobs:
         jid = job_id(job)
         tokens = iter_path_tokens(job_args(job), policy.output_flags,
@@ -84,10 +109,21 @@ def discover(
                 d.users[p].add(jid)
             elif p not in not_files:
                 # Paths that do not exist here are not inputs (e.g. outputs-to-be).
-                if os.path.isfile(p):
+                # The kernel resolves p as it would the original argument
+                # (resolve keeps ".." and trailing "/"), so this is the file
+                # the job would open.
+                try:
+                    st = os.stat(p)
+                except (OSError, ValueError):  # ValueError: a NUL in the name
+                    st = None
+                if st is not None and stat.S_ISREG(st.st_mode):
                     d.users[p] = {jid}
+                    ident[p] = (st.st_dev, st.st_ino)
                 else:
                     not_files.add(p)
+    jobs_of_file: dict[tuple[int, int], set[str]] = {}
+    for p, who in d.users.items():
+        jobs_of_file.setdefault(ident[p], set()).update(who)
 
     # Each distinct file is stat'ed and hashed once: (hash, size) or skip reason.
     hashed: dict[str, tuple[str, int] | str] = {}
@@ -110,13 +146,14 @@ def discover(
             raise _Skip(r)
         return BundleFile(name=name, src=src, size=r[1], hash=r[0])
 
-    for p, who in d.users.items():
+    for p in d.users:
         pat = _matches(p, policy.exclude)  # exclude wins over include
         if pat is not None:
             d.skipped[p] = f"excluded by pattern {pat!r}"
             continue
-        if len(who) < need and _matches(p, policy.include) is None:
-            d.skipped[p] = f"used by {len(who)} job(s), fewer than min_jobs={need}"
+        n = len(jobs_of_file[ident[p]])
+        if n < need and _matches(p, policy.include) is None:
+            d.skipped[p] = f"used by {n} job(s), fewer than min_jobs={need}"
             continue
         parent, name = posixpath.split(p)
         if not is_safe_name(name):

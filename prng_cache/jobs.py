@@ -93,9 +93,12 @@ def job_id(job: Any) -> str:
     return str(_get(job, "job_id"))
 
 
-def job_args(job: Any) -> list[str]:
-    """The job's original arguments, as strings (a new list each call)."""
-    return [a if isinstance(a, str) else str(a) for a in (_get(job, "args") or ())]
+def job_args(job: Any) -> list[Any]:
+    """The job's original arguments as they are (a new list each call).
+
+    Items are never converted: only string items can be paths, and a number,
+    None or dict must reach the job as itself, not as its str()."""
+    return list(_get(job, "args") or ())
 
 
 def job_expected_output(job: Any) -> str | None:

@@ -9,6 +9,7 @@ and the store starts a fresh one.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -112,8 +113,18 @@ class Manifest:
         return msgpack.packb(doc, use_bin_type=True)
 
 
+def _time(v: object, what: str) -> float:
+    """A timestamp as to_bytes writes it: a finite real number. NaN would
+    compare false forever, inf (e.g. a lease's expiry) would pin entries
+    against gc forever; a string or bytes is not ours."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"bad {what}")
+    return float(v)
+
+
 def decode(data: bytes) -> tuple[Manifest | None, str | None]:
-    """Parse manifest bytes. Returns (manifest, None) or (None, reason)."""
+    """Parse manifest bytes. Returns (manifest, None) or (None, reason);
+    never raises, whatever the bytes."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -122,14 +133,14 @@ def decode(data: bytes) -> tuple[Manifest | None, str | None]:
         if not isinstance(doc, dict):
             raise ValueError("not a map")
         version = doc.get("format")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise ValueError("no format version")
         if version > FORMAT_VERSION:
             return None, f"manifest format {version} is newer than this prng-cache ({FORMAT_VERSION})"
         cache_id = doc["cache_id"]
         if not isinstance(cache_id, str) or not cache_id:
             raise ValueError("bad cache_id")
-        m = Manifest(cache_id=cache_id, created=float(doc["created"]))
+        m = Manifest(cache_id=cache_id, created=_time(doc["created"], "created"))
         for key, e in doc["entries"].items():
             files = e["files"]
             if not is_key(key) or not isinstance(files, dict) or not files:
@@ -138,19 +149,19 @@ def decode(data: bytes) -> tuple[Manifest | None, str | None]:
                 if not is_safe_name(name) or not isinstance(h, str) or not is_key(h):
                     raise ValueError(f"bad file in entry {key}")
             size = e["size"]
-            if not isinstance(size, int) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ValueError(f"bad size in entry {key}")
-            m.entries[key] = Entry(
-                size=size, files=dict(files), added=float(e["added"]), last_used=float(e["last_used"])
-            )
+            m.entries[key] = Entry(size=size, files=dict(files), added=_time(e["added"], f"time in entry {key}"),
+                                   last_used=_time(e["last_used"], f"time in entry {key}"))
         for rid, l in doc["leases"].items():
             hashes = l["hashes"]
             if not isinstance(rid, str) or not isinstance(hashes, list):
                 raise ValueError("bad lease")
+            owner = l.get("owner", "")
             m.leases[rid] = Lease(
                 hashes={h for h in hashes if isinstance(h, str) and is_key(h)},
-                expires=float(l["expires"]),
-                owner=str(l.get("owner", "")),
+                expires=_time(l["expires"], f"expiry of lease {rid!r}"),
+                owner=owner if isinstance(owner, str) else "",
             )
         return m, None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

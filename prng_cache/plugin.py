@@ -47,7 +47,8 @@ class PrngCachePlugin:
         self.staged: dict[str, dict[str, str]] = {}  # host -> coordinator path -> RAM path
         self.job_inputs: dict[str, frozenset[str]] = {}  # job id -> cached input paths
         # job id -> (original args, expected_output, plan): dispatch-time work
-        # done once per run, since the hook runs for every dispatch
+        # done once per run, since the hook runs for every dispatch. Args are
+        # kept as they are (never str()'ed): only path strings may change.
         self.plans: dict[str, tuple[tuple, str | None, Plan]] = {}
         self.base_dir = "."
         self.output_flags: tuple[str, ...] = ()
@@ -108,12 +109,17 @@ class PrngCachePlugin:
         busy = [n for h, n in self.nodes.items() if assignments.get(h)]
         lease = LeaseRequest(run_id, policy.gc.lease_ttl)
         self.reports = stage_cluster(busy, bundles_for, policy, lease=lease, ids=CacheIdRecord())
+        for r in self.reports.values():
+            # staging reports content held under one name once; every input
+            # path with that key and basename is served by the same copy
+            r.staged = disc.spread(r.staged)
+            r.skipped = {p: why for p, why in disc.spread(r.skipped).items() if p not in r.staged}
         self.staged = {h: dict(r.staged) for h, r in self.reports.items() if r.status in ("ok", "fallback")}
         self.active = True
 
     # ------------------------------------------------------------ dispatch
     @hookimpl
-    def coordinator_job_args(self, node: Any, job: Any) -> list[str] | None:
+    def coordinator_job_args(self, node: Any, job: Any) -> list[Any] | None:
         if not self.active or env_disabled():
             return None
         try:

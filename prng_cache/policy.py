@@ -675,6 +675,12 @@ def _build(layers: list[tuple[_Layer, dict[str, Any]]], source: str) -> Policy:
     cap_key = "warn_percent"
     nodes: list[tuple[_Layer, _NodeEntry]] = []
     for layer, values in layers:  # lowest precedence first
+        if "cache_root" in values:
+            # A root given by a later layer (PRNG_CACHE_ROOT, --cache-root)
+            # beats every earlier one, per-node roots included: a file's
+            # nodes.<glob>.cache_root is still a file value. Node roots given
+            # by this same layer are added below, after this, so they win.
+            nodes = [(l, replace(e, cache_root=None)) for l, e in nodes]
         for key, value in values.items():
             if key in _SECTIONS:
                 sections[key].update(value)
@@ -727,7 +733,10 @@ def load_policy(
     Precedence: defaults < file < environment (``PRNG_CACHE``,
     ``USE_RAMDISK``, ``PRNG_CACHE_ROOT``) < ``overrides`` (dotted keys such as
     ``"gc.lease_ttl"``, validated like file values; ``nodes`` entries given
-    here are appended after the file's, so they win). ``~`` in
+    here are appended after the file's, so they win). It holds per node: a
+    ``cache_root`` from the environment or ``overrides`` replaces the
+    ``nodes.<glob>.cache_root`` of every lower layer; within one layer the
+    node's own root wins over the global one. ``~`` in
     ``transport.ssh_config`` / ``known_hosts`` is expanded.
 
     Every problem is raised as :class:`PolicyError` naming source and key.

@@ -4,7 +4,14 @@ Which tokens *may* name inputs is decided here by shape alone; whether a
 token really is an input is decided by membership in ``staged`` (built on the
 coordinator by :func:`prng_cache.inputs.discover`). Flags are not modelled:
 the token after a flag is just another token, so a value that is not a
-staged path is simply left alone.
+staged path is simply left alone. Only strings are ever tokens: every other
+item (a number, None, a dict...) is passed through as the same object.
+
+A token's key is its path spelled the way the kernel would read it: ``//``
+and ``.`` components are dropped, but ``..`` and a trailing ``/`` are kept.
+``link/../x`` is the parent of the link's *target*, and ``file/`` fails with
+ENOTDIR; collapsing either would rewrite an argument to a file it does not
+open (or to one when it opens none).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Collection, Container, Iterator, Mapping, Sequence
+from typing import Any
 
 DEFAULT_OUTPUT_FLAGS: tuple[str, ...] = ("--output-file", "--output", "-o")
 
@@ -34,13 +42,27 @@ def is_number(s: str) -> bool:
 
 
 def resolve(value: str, base_dir: str) -> str:
-    """Coordinator path a token names: relative values resolve against base_dir."""
+    """Coordinator path a token names: relative values resolve against base_dir.
+
+    Only what the kernel also ignores is removed (see the module docstring),
+    so the result opens the same file as the original, or none."""
     p = value if value[:1] == "/" else base_dir + "/" + value
-    # normpath is slow pure Python in 3.11; skip it when there is no empty,
-    # "." or ".." component (the common case: plain names, clean paths).
+    # the common case (plain names, clean paths) needs no cleaning: this runs per dispatch
     if "/." in p or "//" in p or p[-1:] == "/" or p[:1] == ".":
-        return _normpath(p)
+        return _clean(p)
     return p
+
+
+def _clean(p: str) -> str:
+    parts = p.split("/")
+    out = "/".join(c for c in parts if c and c != ".")
+    if p[:1] == "/":
+        out = "/" + out
+    elif not out:
+        out = "."
+    if parts[-1] in ("", ".") and out[-1:] != "/":
+        out += "/"  # "file/" and "file/." require a directory: keep that
+    return out
 
 
 _NUM_START = frozenset("0123456789+-.")
@@ -52,13 +74,16 @@ def _is_flag(s: str) -> bool:
 
 
 def _skip_value(a: str) -> bool:
-    """Empty, URL, JSON blob or number: never a path.
+    """Empty, URL, JSON blob, number, or a path that cannot name a regular
+    file (its last component is empty, "." or ".."): never an input path.
 
     Dispatches on the first character so plain names cost no regex.
     """
     c = a[:1]
     if not c or c == "{" or c == "[":
         return True
+    if a[-1] in "/." and a.rpartition("/")[2] in ("", ".", ".."):
+        return True  # "file.bin/" fails with ENOTDIR: it must not start working
     if c.isspace():  # rare: fall back to the full checks
         return looks_like_json(a) or is_number(a)
     if c in _NUM_START and _NUMBER.fullmatch(a) is not None:
@@ -67,16 +92,19 @@ def _skip_value(a: str) -> bool:
 
 
 def _scan(
-    args: Sequence[str],
+    args: Sequence[Any],
     output_flags: Collection[str],
     expected_output: str | None,
     base_dir: str | None,
 ) -> Iterator[tuple[int, str, str, str]]:
-    """Yield (index, prefix, value, resolved value); shared so each token is
-    normalised once (this runs per dispatch)."""
-    out = None
+    """Yield (index, prefix, value, resolved value) for string tokens; shared
+    so each token is resolved once (this runs per dispatch)."""
+    outs: frozenset[str] = frozenset()
     if expected_output:
-        out = _normpath(expected_output) if base_dir is None else resolve(expected_output, base_dir)
+        out = _clean(expected_output) if base_dir is None else resolve(expected_output, base_dir)
+        # the output is excluded however it is spelled, ".." collapsed or not:
+        # leaving one more token alone is always safe
+        outs = frozenset((out, _normpath(out)))
     skip_next = False
     for i, a in enumerate(args):
         if skip_next:  # the value of an output flag
@@ -95,13 +123,14 @@ def _scan(
             prefix = name + "="
         if _skip_value(a):
             continue
-        r = _normpath(a) if base_dir is None else resolve(a, base_dir)
-        if r != out:
-            yield i, prefix, a, r
+        r = _clean(a) if base_dir is None else resolve(a, base_dir)
+        if outs and (r in outs or (".." in r and _normpath(r) in outs)):
+            continue
+        yield i, prefix, a, r
 
 
 def iter_path_tokens(
-    args: Sequence[str],
+    args: Sequence[Any],
     output_flags: Collection[str] = DEFAULT_OUTPUT_FLAGS,
     expected_output: str | None = None,
     *,
@@ -110,8 +139,10 @@ def iter_path_tokens(
     """Yield (index, prefix, value) for each token that may name an input file.
 
     ``prefix`` is ``"--flag="`` for ``--flag=value`` tokens, else ``""``.
-    ``expected_output`` is compared after normalising, and with ``base_dir``
-    after resolving both sides (so ``/base/out.json`` matches ``out.json``).
+    Items that are not strings are never yielded; an output flag's value is
+    skipped whatever its type. ``expected_output`` is compared after
+    cleaning, and with ``base_dir`` after resolving both sides (so
+    ``/base/out.json`` matches ``out.json``).
     """
     for i, prefix, value, _ in _scan(args, output_flags, expected_output, base_dir):
         yield i, prefix, value
@@ -122,7 +153,7 @@ Plan = tuple[tuple[int, str, str], ...]
 
 
 def plan_rewrite(
-    args: Sequence[str],
+    args: Sequence[Any],
     *,
     candidates: Container[str],
     base_dir: str,
@@ -137,8 +168,9 @@ def plan_rewrite(
                  if resolved in candidates)
 
 
-def apply_plan(args: Sequence[str], plan: Plan, staged: Mapping[str, str]) -> list[str]:
-    """A new list: each planned token whose path ``staged`` holds is replaced."""
+def apply_plan(args: Sequence[Any], plan: Plan, staged: Mapping[str, str]) -> list[Any]:
+    """A new list: each planned token whose path ``staged`` holds is replaced;
+    every other item is the same object as in ``args``."""
     out = list(args)
     for i, prefix, resolved in plan:
         ram = staged.get(resolved)
@@ -148,13 +180,13 @@ def apply_plan(args: Sequence[str], plan: Plan, staged: Mapping[str, str]) -> li
 
 
 def rewrite_args(
-    args: Sequence[str],
+    args: Sequence[Any],
     *,
     staged: Mapping[str, str],
     base_dir: str,
     output_flags: Collection[str] = DEFAULT_OUTPUT_FLAGS,
     expected_output: str | None = None,
-) -> list[str]:
+) -> list[Any]:
     """A new argument list with staged inputs replaced by their RAM paths.
 
     ``staged`` maps resolved coordinator paths to paths on the target node.

@@ -153,3 +153,44 @@ def test_user_errors_are_one_clear_line(example, files, args, words):
     assert "Traceback" not in p.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+def test_rewrite_keeps_json_types(example):
+    """Numbers in a job's args stay numbers: only rewritten paths change."""
+    d, root = example
+    jobs = json.loads((d / "jobs.json").read_text())
+    jobs[0]["args"][3:4] = [0, 0.5, -7, 2**63, 1e-300]
+    (d / "jobs.json").write_text(json.dumps(jobs))
+    run(d, "stage", "--jobs-file", "jobs.json", check=0)
+    out = json.loads(run(d, "rewrite", "--jobs-file", "jobs.json", "--node", "localhost", check=0).stdout)
+    a0 = out[0]["args"]
+    assert a0[0].startswith(root + "/")
+    assert a0[3:8] == [0, 0.5, -7, 2**63, 1e-300]
+    assert [type(v) for v in a0[3:8]] == [int, float, int, int, float]
+    assert a0[8:] == jobs[0]["args"][8:]
+
+
+def test_environment_and_option_beat_the_files_node_root(example):
+    """defaults < file < environment < command line, for per-node roots too."""
+    d, root = example
+    roots = {k: f"{root}-{k}" for k in ("file", "env", "cli")}
+    (d / "cache_policy.yaml").write_text(
+        f"cache_root: {root}\nnodes:\n  localhost:\n    mode: cache\n    cache_root: {roots['file']}\n")
+
+    def staged_under(*args, env=None):
+        out = json.loads(run(d, "stage", "--jobs-file", "jobs.json", "--json", *args, env=env, check=0).stdout)
+        return out["nodes"]["localhost"]["cache_root"]
+
+    try:
+        assert staged_under() == roots["file"]
+        assert staged_under(env={"PRNG_CACHE_ROOT": roots["env"]}) == roots["env"]
+        assert staged_under("--cache-root", roots["cli"], env={"PRNG_CACHE_ROOT": roots["env"]}) == roots["cli"]
+        for r in roots.values():
+            assert (Path(r) / "manifest.msgpack").is_file(), r
+        assert not os.path.exists(root)
+    finally:
+        for r in roots.values():
+            if os.path.isdir(r):
+                for dirpath, _, _ in os.walk(r):
+                    os.chmod(dirpath, 0o700)
+                shutil.rmtree(r)

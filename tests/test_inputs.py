@@ -89,7 +89,7 @@ def test_flag_shapes_and_bare_names(tmp_path):
     jobs = [{"job_id": "j", "args": ["--a", "a.json", f"--abs={tmp_path}/abs.json",
                                      "./sub/../sub/c.json", "missing.json"]}]
     d = discover(jobs, InputsPolicy(min_jobs=1), str(base))
-    assert set(d.bundles) == {f"{base}/a.json", f"{tmp_path}/abs.json", f"{base}/sub/c.json"}
+    assert set(d.bundles) == {f"{base}/a.json", f"{tmp_path}/abs.json", f"{base}/sub/../sub/c.json"}
     assert f"{base}/missing.json" not in d.users and f"{base}/missing.json" not in d.skipped
 
 
@@ -201,7 +201,7 @@ def test_accessors_accept_objects(tmp_path):
         expected_output: str = "o.json"
 
     j = Job(5, "w.py", ["a", 7, 0.5])
-    assert (job_id(j), job_args(j), job_expected_output(j)) == ("5", ["a", "7", "0.5"], "o.json")
+    assert (job_id(j), job_args(j), job_expected_output(j)) == ("5", ["a", 7, 0.5], "o.json")
     assert job_args({"args": None}) == [] and job_expected_output({}) is None
     base = tmp_path / "b"
     put(base / "a", "x")
@@ -252,3 +252,47 @@ def test_load_jobs_errors(tmp_path, content, where, problem):
     assert e.value.source == path and e.value.where == where
     assert problem in e.value.problem
     assert path in str(e.value)
+
+
+# ------------------------------------- what discovery may take for an input
+def test_non_strings_are_never_paths(tmp_path):
+    """str() of a non-string can name a file ("None", "True", "nan"): it is
+    still not a path the job passes."""
+    base = tmp_path / "b"
+    for name in ("None", "True", "False", "nan", "inf", "7", "0.5", "{'window': 7}", "['x']"):
+        put(base / name, name)
+    put(base / "a.json", "a")
+    args = [None, True, False, float("nan"), float("inf"), 7, 0.5, {"window": 7}, ["x"],
+            "--window", None, "-o", None, "a.json"]
+    d = discover([{"job_id": i, "args": args} for i in range(2)], InputsPolicy(), str(base))
+    assert set(d.users) == {f"{base}/a.json"} and set(d.bundles) == {f"{base}/a.json"}
+
+
+def test_job_args_keeps_types():
+    items = ["a", 7, 0.5, None, True, {"w": 7}, ["x"]]
+    got = job_args({"args": items})
+    assert got == items and all(g is i for g, i in zip(got, items)) and got is not items
+
+
+def test_only_spellings_that_open_the_file_are_inputs(tmp_path):
+    """A candidate is the file the original argument opens: a trailing slash
+    (ENOTDIR) names none, and ".." after a symlink goes where the kernel goes,
+    not where the text suggests."""
+    base = tmp_path / "b"
+    put(base / "dir" / "file.bin", "the file")
+    put(base / "x.json", "lexical parent's x")
+    put(base / "real" / "x.json", "symlink target's x")
+    (base / "real" / "sub").mkdir()
+    os.symlink(base / "real" / "sub", base / "link")
+    jobs = [{"job_id": i, "args": ["dir/file.bin/", "dir/file.bin/.", "link/../x.json"]} for i in range(2)]
+    d = discover(jobs, InputsPolicy(), str(base))
+    for p in d.users:
+        assert not p.endswith(("/", "/.")), p
+    (b,) = d.bundles.values()
+    with open(os.path.join(base, "link/../x.json"), "rb") as f:
+        assert b.key == h(f.read()) and b.name == "x.json"
+    want = h("symlink target's x")
+    for job in jobs:  # rewritten to a copy of what the original opens, or not at all
+        new = rewrite_args(job["args"], staged=d.staged("/r"), base_dir=str(base))
+        assert new[:2] == job["args"][:2] and new[2] == f"/r/{want}/x.json"
+

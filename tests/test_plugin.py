@@ -161,3 +161,58 @@ def test_job_changed_after_run_start_is_rewritten_from_its_current_args(setup):
     changed = Job("j1", "w.py", ["--extra", "x", "data/survivors.npz", "-o", "o.json"], "o.json")
     args = p.coordinator_job_args(node=node, job=changed)
     assert args[:2] == ["--extra", "x"] and args[2].startswith(root) and args[3:] == ["-o", "o.json"]
+
+
+# ------------------------------------------- only rewritten path strings change
+def test_non_path_items_keep_their_type_and_value(setup):
+    """Only the staged path strings may change: every other item comes back
+    as the very same object (not its str()), including after a flag."""
+    node, jobs, policy, root = setup
+    d = Path(node.script_path)
+    for name in ("None", "True", "nan"):  # str() of some items names a file
+        (d / name).write_text(name)
+    items = [{"window": 7}, None, True, False, ["x"], 7, 0.5, float("nan")]
+    args = ["data/survivors.npz", *items, "--window", {"w": 7}, "-o", None,
+            "--train-history", str(d / "train_history.json"), "--output-file", "out.json"]
+    typed = [Job(f"t{i}", "w.py", list(args), "out.json") for i in range(2)]
+    p = PrngCachePlugin(policy)
+    p.coordinator_run_start(run_id="r", nodes=[node], jobs=typed, assignments={"localhost": typed})
+    changed = Job("t9", "w.py", list(args), "out.json")  # not announced: planned at dispatch
+    for job in (typed[0], changed):
+        new = p.coordinator_job_args(node=node, job=job)
+        assert new[0].startswith(root + "/") and new[14].startswith(root + "/")
+        for i, (a, b) in enumerate(zip(job.args, new)):
+            if i not in (0, 14):
+                assert b is a, (i, a, b)
+    assert not any(k.endswith(("/None", "/True", "/nan")) for k in p.staged["localhost"])
+
+
+def test_an_argument_that_would_not_open_the_file_is_left_alone(setup):
+    """`data/survivors.npz/` fails with ENOTDIR on its own: it must not start
+    working (or read something else) because another job's input was staged."""
+    node, jobs, policy, root = setup
+    odd = Job("odd", "w.py", ["data/survivors.npz/", "--holdout=data/survivors.npz/.", "-o", "o.json"], "o.json")
+    jobs = [*jobs, odd]
+    p = PrngCachePlugin(policy)
+    p.coordinator_run_start(run_id="r", nodes=[node], jobs=jobs, assignments={"localhost": jobs})
+    assert p.coordinator_job_args(node=node, job=jobs[0])[0].startswith(root + "/")
+    assert p.coordinator_job_args(node=node, job=odd) is None
+
+
+def test_same_name_and_content_in_two_directories_both_rewritten(setup):
+    node, _, policy, root = setup
+    d = Path(node.script_path)
+    for sub in ("one", "two"):
+        (d / sub).mkdir()
+        (d / sub / "x.npz").write_bytes(b"the same bytes")
+    jobs = [Job(f"j{i}", "w.py", [f"{sub}/x.npz", "-o", f"o{i}.json"], f"o{i}.json")
+            for i, sub in enumerate(("one", "two", "one", "two"))]
+    p = PrngCachePlugin(policy)
+    p.coordinator_run_start(run_id="r", nodes=[node], jobs=jobs, assignments={"localhost": jobs})
+    new = [p.coordinator_job_args(node=node, job=j) for j in jobs]
+    assert all(a is not None for a in new), new
+    assert len({a[0] for a in new}) == 1 and new[0][0].startswith(root + "/")
+    assert Path(new[1][0]).read_bytes() == b"the same bytes"
+    rep = p.coordinator_run_end(run_id="r", results={})
+    assert (rep["rewritten_jobs"], rep["fallback_jobs"]) == (4, 0)
+    assert rep["nodes"]["localhost"]["copied_files"] == 1

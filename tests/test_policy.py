@@ -475,3 +475,27 @@ def test_for_node_disabled_is_off(tmp_path):
     p = load_text(tmp_path, "enabled: false\nnodes:\n  '*': {mode: cache}\n")
     assert p.for_node("rig-1", is_localhost=False).mode == "off"
     assert p.for_node("localhost", is_localhost=True).mode == "off"
+
+
+def test_environment_and_command_line_roots_beat_the_files_node_roots(tmp_path):
+    """defaults < file < environment < command line holds per node: the
+    file's nodes.<glob>.cache_root is a file value, so PRNG_CACHE_ROOT and
+    --cache-root win over it; a node root given on the command line wins over
+    the command line's global one."""
+    f = write(tmp_path, """
+        cache_root: /file/all
+        nodes:
+          "rig-*": {cache_root: /file/rigs, mode: cache}
+    """)
+
+    def root(host="rig-1", **kw):
+        return load_policy(f, **kw).for_node(host, is_localhost=False).cache_root
+
+    assert root(env={}) == "/file/rigs" and root("gpu-1", env={}) == "/file/all"
+    env = {"PRNG_CACHE_ROOT": "/env"}
+    assert root(env=env) == root("gpu-1", env=env) == "/env"
+    assert load_policy(f, env=env).for_node("rig-1", is_localhost=False).mode == "cache"  # the rest stays
+    assert root(env=env, overrides={"cache_root": "/cli"}) == "/cli"
+    assert root(env={}, overrides={"cache_root": "/cli"}) == "/cli"
+    both = {"cache_root": "/cli", "nodes.rig-1.cache_root": "/cli/rig-1"}
+    assert root(env=env, overrides=both) == "/cli/rig-1" and root("rig-2", env=env, overrides=both) == "/cli"

@@ -1,5 +1,7 @@
 import copy
 
+import pytest
+
 from prng_cache.rewrite import (
     is_number,
     is_url,
@@ -30,7 +32,7 @@ def test_predicates():
 
 def test_resolve():
     assert resolve("survivors.npz", BASE) == f"{BASE}/survivors.npz"
-    assert resolve("./data/../x.json", BASE) == f"{BASE}/x.json"
+    assert resolve("./data/../x.json", BASE) == f"{BASE}/data/../x.json"  # ".." is the kernel's business
     assert resolve("/abs//dir/./x.json", BASE) == "/abs/dir/x.json"
 
 
@@ -124,3 +126,23 @@ def test_rewrite_does_no_io(monkeypatch):
     monkeypatch.setattr(os.path, "isfile", forbidden)
     out = rewrite_args(args, staged=staged, base_dir=BASE, output_flags=OUT, expected_output="out.json")
     assert out[0] == "/dev/shm/prng/1/s1.npz" and out[3] == "--in=/dev/shm/prng/1/s1.npz"
+
+
+# ------------------------------------- only spellings that open the file change
+@pytest.mark.parametrize("arg", [
+    "dir/file.bin/", "dir/file.bin/.", "dir/file.bin//", "--in=dir/file.bin/",
+    # the kernel resolves ".." after following "dir/sub" (maybe a symlink, maybe
+    # not a directory): it need not be dir/file.bin
+    "dir/sub/../file.bin", "--in=dir/sub/../file.bin",
+])
+def test_spellings_that_may_not_open_that_file_are_left_alone(arg):
+    staged = {f"{BASE}/dir/file.bin": "/r/file.bin"}
+    assert rewrite_args([arg], staged=staged, base_dir=BASE) == [arg]
+    assert tokens([arg], base=BASE) == [] or resolve(tokens([arg], base=BASE)[0][2], BASE) not in staged
+
+
+def test_resolve_keeps_what_the_kernel_would_not_ignore():
+    assert resolve("a//b/./c.json", BASE) == f"{BASE}/a/b/c.json"
+    assert resolve("a/../c.json", BASE) == f"{BASE}/a/../c.json"
+    assert resolve("c.json/", BASE) == f"{BASE}/c.json/"
+    assert resolve("c.json/.", BASE) == f"{BASE}/c.json/"
