@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 from . import __version__
@@ -230,7 +232,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _report_nodes(args, Context(args).each_node(lambda s: verify_node(s, fix=args.fix)), render)
 
 
+def _first_interrupt(signum, frame) -> None:
+    # the first Ctrl-C interrupts; later ones are ignored, so the clean-up
+    # the first one started (bounded in time) finishes without a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _first_interrupt)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="prng-cache: %(message)s", stream=sys.stderr)
@@ -243,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prng-cache: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("prng-cache: interrupted; uploads stopped, this run's temporaries removed "
+              "from every node that could be reached", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `prng-cache rewrite ... | head`
         sys.stderr.close()

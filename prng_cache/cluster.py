@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -168,8 +169,52 @@ def open_transport(node: Node, policy: Policy) -> Transport:
 def fan_out(items: list[T], fn: Callable[[T], R], parallel: int) -> list[R]:
     """Run fn over items with at most ``parallel`` at once; results in order.
 
-    fn must not raise (callers turn per-node failures into reports)."""
-    if len(items) <= 1 or parallel <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=min(parallel, len(items)), thread_name_prefix="prng-node") as ex:
-        return list(ex.map(fn, items))
+    fn must not raise (callers turn per-node failures into reports). Workers
+    are daemon threads and the main thread waits in short slices, so a
+    Ctrl-C reaches it at once: it aborts every open transport (the workers'
+    blocked I/O then fails), waits briefly for the workers and re-raises."""
+    from . import cancel
+
+    if not items:
+        return []
+    results: list = [None] * len(items)
+    pending = list(enumerate(items))
+    pending.reverse()
+    lock = threading.Lock()
+    done = threading.Event()
+    remaining = [len(items)]
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not pending or cancel.cancelled():
+                    return
+                i, item = pending.pop()
+            try:
+                results[i] = fn(item)
+            except BaseException as exc:  # a bug in fn: surface it in the caller
+                errors.append(exc)
+            finally:
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0] == 0:
+                        done.set()
+
+    threads = [threading.Thread(target=worker, name=f"prng-node-{k}", daemon=True)
+               for k in range(max(1, min(parallel, len(items))))]
+    try:
+        for th in threads:
+            th.start()
+        while not done.wait(0.1):
+            if not any(th.is_alive() for th in threads):
+                break
+    except BaseException:
+        cancel.cancel_all()
+        deadline = time.monotonic() + 2.0
+        for th in threads:
+            th.join(max(0.0, deadline - time.monotonic()))
+        raise
+    if errors:
+        raise errors[0]
+    return results

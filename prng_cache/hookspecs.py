@@ -20,7 +20,7 @@ def coordinator_run_start(run_id: str, nodes: list, jobs: list, assignments: dic
 
 
 @hookspec(firstresult=True)
-def coordinator_job_args(node, job) -> list[str] | None:
+def coordinator_job_args(node, job) -> list | None:
     """Called for every dispatch, retries on another node included. Return the
     args to send for ``job`` on ``node``, or None to leave ``job.args`` as is.
     Must be fast and do no I/O; must never mutate ``job``."""

@@ -7,10 +7,12 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TypeVar
 
+from . import cancel
 from .cluster import Node, fan_out, node_settings, open_transport
 from .errors import IntegrityError, NodeError, TransportError
 from .inputs import Bundle
@@ -131,9 +133,9 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     for b, entry in missing:
         need = b.size if entry is None else sum(f.size for f in b.files if f.name not in entry.files)
         if cap.max_bytes is not None and m.total_bytes + extra + need > cap.max_bytes:
-            _skip(rep, unique, b.key, f"would exceed capacity.max_bytes ({fmt_bytes(cap.max_bytes)}) on {host}")
+            _skip(rep, bundles, b.key, f"would exceed capacity.max_bytes ({fmt_bytes(cap.max_bytes)}) on {host}")
         elif usage.used + extra + need > usage.total * cap.max_percent / 100.0:
-            _skip(rep, unique, b.key, f"would fill {store.root} past capacity.max_percent "
+            _skip(rep, bundles, b.key, f"would fill {store.root} past capacity.max_percent "
                                       f"({cap.max_percent:g}% of {fmt_bytes(usage.total)}) on {host}")
         else:
             planned.append((b, entry))
@@ -148,12 +150,12 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         try:
             pub, sent = store.publish(b, entry)
         except IntegrityError as exc:
-            _skip(rep, unique, b.key, exc.problem)
+            _skip(rep, bundles, b.key, exc.problem)
             continue
         except TransportError:
             raise
         except OSError as exc:
-            _skip(rep, unique, b.key, f"upload failed: {exc.strerror or exc}")
+            _skip(rep, bundles, b.key, f"upload failed: {exc.strerror or exc}")
             continue
         published.append(pub)
         rep.copied_files += len(pub.new_names)
@@ -170,10 +172,10 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         rep.status = "error"
         rep.reason = (f"manifest update failed ({err.problem}); nothing staged"
                       + (f"; removed the {removed} entry(ies) just uploaded" if removed else ""))
-        rep.skipped = {b.path: rep.reason for b in unique.values()}
+        rep.skipped = {b.path: rep.reason for b in bundles}
         return rep
     rep.cache_id = m.cache_id
-    for b in unique.values():
+    for b in bundles:  # every path, also two paths to one (key, name)
         if b.path in rep.skipped:
             continue
         entry = m.entries.get(b.key)
@@ -204,8 +206,8 @@ def _unpublish(store: NodeStore, published: list[Published]) -> int:
         return 0
 
 
-def _skip(rep: NodeReport, bundles: dict[str, Bundle], key: str, reason: str) -> None:
-    for b in bundles.values():
+def _skip(rep: NodeReport, bundles: list[Bundle], key: str, reason: str) -> None:
+    for b in bundles:
         if b.key == key:
             rep.skipped[b.path] = reason
 
@@ -237,9 +239,13 @@ def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R]) -> R |
         return NodeReport(host=node.hostname, status=settings.mode, cache_root=settings.cache_root,
                           reason=None if policy.enabled else "cache disabled (PRNG_CACHE=0 / USE_RAMDISK=false)")
     try:
-        with open_transport(node, policy) as t:
+        with open_transport(node, policy) as t, cancel.tracked(t):
             return fn(NodeStore(t, settings, policy.gc))
     except Exception as exc:  # never let one node take the others down
+        if cancel.cancelled():  # aborted by Ctrl-C: not this node's fault
+            log.debug("%s: interrupted: %s", node.hostname, exc)
+            return NodeReport(host=node.hostname, status="error", cache_root=settings.cache_root,
+                              reason="interrupted")
         err = ensure_node_error(exc, node.hostname)
         if not isinstance(exc, (NodeError, OSError)):
             log.exception("%s: unexpected error", node.hostname)
@@ -251,6 +257,7 @@ def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]]
                   lease: LeaseRequest | None = None, progress: Progress = _noop,
                   ids: "CacheIdRecord | None" = None) -> dict[str, NodeReport]:
     """Stage every node in parallel (bounded by transport.parallel_nodes)."""
+    cancel.reset()  # an earlier interrupt of this (long-lived) process is over
 
     def one(node: Node) -> NodeReport:
         progress(node.hostname, "start", {})
@@ -267,10 +274,47 @@ def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]]
         progress(node.hostname, "done", rep.to_dict())
         return rep
 
-    reports = fan_out(list(nodes), one, policy.transport.parallel_nodes)
+    try:
+        reports = fan_out(list(nodes), one, policy.transport.parallel_nodes)
+    except KeyboardInterrupt:
+        # uploads were aborted (fan_out): leave no half-copied temporaries in
+        # the nodes' RAM, then let the interrupt go on
+        remove_own_temporaries(nodes, policy)
+        raise
     if ids is not None:
         ids.save()
     return {r.host: r for r in reports}
+
+
+def remove_own_temporaries(nodes: list[Node], policy: Policy, wait: float | None = None) -> dict[str, int]:
+    """After an interrupt: on every node it can reach (fresh connections, in
+    parallel, bounded by ``transport.connect_timeout`` + a few seconds),
+    delete this process's temporaries. Further interrupts do not stop it."""
+    done: dict[str, int] = {}
+
+    def clean(node: Node) -> None:
+        settings = node_settings(policy, node)
+        if settings.mode != "cache":
+            return
+        try:
+            with open_transport(node, policy) as t:
+                store = NodeStore(t, settings, policy.gc)
+                if store.ensure_root(create=False):
+                    done[node.hostname] = len(store.remove_own_temporaries())
+        except Exception as exc:
+            log.info("%s: could not remove temporaries after the interrupt: %s", node.hostname, exc)
+
+    threads = [threading.Thread(target=clean, args=(n,), daemon=True) for n in nodes]
+    deadline = time.monotonic() + (wait if wait is not None else float(policy.transport.connect_timeout) + 5.0)
+    for th in threads:
+        th.start()
+    for th in threads:
+        while th.is_alive() and time.monotonic() < deadline:
+            try:
+                th.join(max(0.0, min(0.1, deadline - time.monotonic())))
+            except KeyboardInterrupt:
+                continue  # a second Ctrl-C: the clean-up is already bounded
+    return done
 
 
 class CacheIdRecord:

@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from . import cancel
 from .errors import IntegrityError, LockTimeout, NodeError, UnsafeCacheRootError
 from .hashing import StreamHasher
 from .inputs import Bundle, BundleFile
@@ -452,6 +453,7 @@ class NodeStore:
             before = os.fstat(f.fileno())
             with self.t.open_write(dst, 0o600) as out:
                 while True:
+                    cancel.check()  # Ctrl-C: stop between chunks
                     chunk = f.read(CHUNK)
                     if not chunk:
                         break

@@ -125,6 +125,11 @@ class Transport(ABC):
     def close(self) -> None:
         """Release the connection. Idempotent."""
 
+    def abort(self) -> None:
+        """From another thread: make this transport's blocked I/O fail now
+        (Ctrl-C). Default: nothing to abort (local copies check
+        ``prng_cache.cancel`` between chunks)."""
+
     def __enter__(self) -> "Transport":
         return self
 

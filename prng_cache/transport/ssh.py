@@ -559,6 +559,15 @@ class SSHTransport(Transport):
         """Close the SFTP session, the connection and any jump connections."""
         self._drop()
 
+    def abort(self) -> None:
+        """Close the SSH connections under a worker blocked in I/O (Ctrl-C):
+        its read or write fails at once instead of after the I/O timeout."""
+        for c in [self._client, *self._jump_clients]:
+            t = c.get_transport() if c is not None else None
+            if t is not None:
+                with contextlib.suppress(Exception):
+                    t.close()
+
     def _session(self) -> paramiko.SFTPClient:
         if self._sftp is None or not self._alive():
             self.connect()
