@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from .errors import ConfigError, UnknownNodeError
 from .policy import NodeSettings, Policy
 from .transport.base import Transport
+from .transport.names import hostname_problem, username_problem
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,19 @@ def load_cluster(path: str) -> list[Node]:
         host = raw["hostname"]
         if not host.strip():
             raise ConfigError(path, f"{where}.hostname", "must not be empty")
+        # names reach ProxyCommand %-tokens and jump hosts' command lines:
+        # OpenSSH's rules, checked before any node is contacted; repr() keeps
+        # the message on one line whatever the name holds
+        why = hostname_problem(host)
+        if why is not None:
+            raise ConfigError(path, f"{where}.hostname", f"{host!r} is not a valid host name: {why} "
+                              "(no whitespace, shell metacharacters or leading '-')")
+        user = raw.get("username")
+        if user is not None:
+            why = username_problem(user)
+            if why is not None:
+                raise ConfigError(path, f"{where}.username", f"{user!r} is not a valid user name: {why} "
+                                  "(no whitespace, shell metacharacters or leading '-')")
         if host in seen:
             raise ConfigError(path, f"{where}.hostname", f"duplicate node {host!r}")
         seen.add(host)
@@ -164,6 +179,33 @@ def open_transport(node: Node, policy: Policy) -> Transport:
     from .transport.ssh import SSHTransport
 
     return SSHTransport(node.hostname, node.username, settings=policy.transport)
+
+
+def connection_identity(node: Node, policy: Policy) -> tuple[str, int, str]:
+    """``(hostname, port, username)`` the transport would connect to for
+    ``node``: the ssh config's HostName/Port/User applied, the cluster
+    file's ``username`` winning over ``User``. No network is used.
+
+    The hostname is lower-cased. For a node reached through jump hosts or a
+    ProxyCommand it is qualified by the route (``"u@jump:22 -> 10.0.0.5"``,
+    ``"proxy(ssh -W %h:%p bastion) -> 10.0.0.5"``): the same private address
+    behind two different bastions may be two machines, so only identical
+    routes compare equal. A localhost node (not reached over SSH) is
+    ``("localhost", 0, <username or the local user>)``.
+
+    Raises :class:`~prng_cache.errors.TransportError` when the node's name
+    is refused (:class:`~prng_cache.errors.UnsafeNameError`) or the ssh
+    config cannot be read; such a node has no identity to share."""
+    if node.is_localhost:
+        return ("localhost", 0, node.username or getpass.getuser())
+    from .transport.ssh import resolve_target
+
+    t = resolve_target(node.hostname, node.username, policy.transport)
+    route = [f"{h.username}@{h.hostname.lower()}:{h.port}" for h in t.jumps]
+    if t.proxy_command:
+        route.insert(0, f"proxy({t.proxy_command})")
+    host = t.hostname.lower()
+    return (" -> ".join([*route, host]), t.port, t.username)
 
 
 def fan_out(items: list[T], fn: Callable[[T], R], parallel: int) -> list[R]:

@@ -88,3 +88,19 @@ class LockTimeout(NodeError):
 
 class IntegrityError(NodeError):
     """Bytes read while publishing do not match the expected hash."""
+
+
+class UnsafeNameError(TransportError):
+    """A host or user name OpenSSH would refuse (whitespace, shell
+    metacharacters, a leading '-'): it could be read as shell syntax or as
+    an option, so nothing is contacted. The name is shown escaped
+    (``repr``), so a newline in it cannot split the message."""
+
+    def __init__(self, node: str, problem: str):
+        self.node, self.problem = node, problem
+        PrngCacheError.__init__(self, f"{node!r}: {problem}")
+
+
+class NodeSetupError(NodeError):
+    """The node is reachable but lacks something prng-cache needs from the
+    account it logs in as (e.g. a POSIX login shell for a fallback command)."""

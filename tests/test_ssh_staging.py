@@ -148,3 +148,33 @@ def test_stage_through_a_jump_host(cli):
     assert out["rig-b"]["status"] == "ok" and out["rig-b"]["copied_files"] == 4
     # rig-a really carried the connection: it accepted a session from us
     assert cli.cluster["rig-a"].log_text().count("Accepted publickey") > before.count("Accepted publickey")
+
+
+def test_read_only_ram_disk_is_reported_as_read_only(cli):
+    a = cli.cluster["rig-a"]
+    if not a.isolated:
+        pytest.skip(f"needs the node's private tmpfs: {cli.cluster.fallback_reason}")
+    a.run("mount -o remount,ro /dev/shm")
+    try:
+        out = cli.stage(rc=1)
+    finally:
+        a.run("mount -o remount,rw /dev/shm")
+    assert out["rig-a"]["status"] == "error"
+    assert "Read-only file system" in out["rig-a"]["reason"] and "Failure" not in out["rig-a"]["reason"], out["rig-a"]
+    assert out["rig-b"]["status"] == "ok" and out["rig-c"]["status"] == "ok"
+
+
+def test_file_where_the_roots_parent_should_be_is_named(cli):
+    b = cli.cluster["rig-b"]
+    parent = f"{b.shm}/jobs"
+    b.run(f"touch {parent}")  # a file, where the root's parent directory should be
+    root = f"{parent}/prng"
+    text = cli.policy.read_text()
+    old = f"  rig-b:\n    cache_root: {cli.root('rig-b')}\n"
+    assert old in text
+    cli.policy.write_text(text.replace(old, f"  rig-b:\n    cache_root: {root}\n"))
+    out = cli.stage(rc=1)
+    assert out["rig-b"]["status"] == "error"
+    assert f"{parent} is a file, not a directory" in out["rig-b"]["reason"], out["rig-b"]
+    assert "No such file" not in out["rig-b"]["reason"]
+    assert out["rig-a"]["status"] == "ok"

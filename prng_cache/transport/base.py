@@ -6,7 +6,11 @@ built-in OSError family so the store can react the same way for every
 transport:
 
 - ``FileNotFoundError`` when a path is missing,
+- ``NotADirectoryError`` from ``mkdir`` / ``open_write`` when a component of
+  the path is a file (the message names it: "X is a file, not a directory"),
 - ``FileExistsError`` from ``mkdir`` / ``open_write`` when it already exists,
+- ``OSError`` with ``errno.EROFS`` ("Read-only file system") for a change on
+  a read-only file system,
 - ``OSError`` (errno set where the transport knows it, e.g. ENOSPC) for
   other file-level failures,
 - :class:`prng_cache.errors.TransportError` when the connection itself is
@@ -68,7 +72,8 @@ class Transport(ABC):
 
     @abstractmethod
     def lstat(self, path: str) -> FileInfo | None:
-        """Stat without following symlinks; None when the path is missing."""
+        """Stat without following symlinks; None when the path is missing
+        (a component of it being a file included)."""
 
     @abstractmethod
     def listdir_attr(self, path: str) -> dict[str, FileInfo]:

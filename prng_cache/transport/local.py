@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
 from typing import BinaryIO, Iterator
 
 from .base import DiskUsage, FileInfo, Transport
@@ -16,6 +18,29 @@ def _info(st: os.stat_result) -> FileInfo:
     return FileInfo(mode=st.st_mode, uid=st.st_uid, size=st.st_size, mtime=st.st_mtime, nlink=st.st_nlink)
 
 
+def _not_a_directory(path: str, exc: NotADirectoryError) -> NotADirectoryError:
+    """ENOTDIR naming the ancestor of ``path`` that is not a directory
+    (as the SSH transport reports it)."""
+    p = path.rstrip("/")
+    while True:
+        parent = os.path.dirname(p)
+        if not parent or parent == p:
+            return exc
+        p = parent
+        try:
+            st = os.stat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return exc
+        if stat.S_ISDIR(st.st_mode):
+            return exc
+        kind = "a file" if stat.S_ISREG(st.st_mode) else "not a directory"
+        if os.path.islink(p):
+            kind = f"a symbolic link to {kind}"
+        return NotADirectoryError(errno.ENOTDIR, f"{p} is {kind}, not a directory", path)
+
+
 class LocalTransport(Transport):
     def __init__(self, host: str | None = None):
         self.host = host or socket.gethostname()
@@ -23,7 +48,7 @@ class LocalTransport(Transport):
     def lstat(self, path: str) -> FileInfo | None:
         try:
             return _info(os.lstat(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # below a file: not there either
             return None
 
     def listdir_attr(self, path: str) -> dict[str, FileInfo]:
@@ -37,7 +62,10 @@ class LocalTransport(Transport):
         return out
 
     def mkdir(self, path: str, mode: int = 0o700) -> None:
-        os.mkdir(path, mode)
+        try:
+            os.mkdir(path, mode)
+        except NotADirectoryError as e:
+            raise _not_a_directory(path, e) from None
         os.chmod(path, mode)  # umask must not widen or narrow what we asked
 
     def read_bytes(self, path: str, max_bytes: int = 64 << 20) -> bytes:
@@ -47,7 +75,10 @@ class LocalTransport(Transport):
 
     @contextlib.contextmanager
     def open_write(self, path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode)
+        except NotADirectoryError as e:
+            raise _not_a_directory(path, e) from None
         os.fchmod(fd, mode)  # exactly the mode asked for, whatever the umask
         with os.fdopen(fd, "wb", buffering=0) as f:
             yield f  # type: ignore[misc]

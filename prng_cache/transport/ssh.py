@@ -2,8 +2,18 @@
 
 One ``SSHTransport`` holds one SSH connection (optionally through jump hosts)
 and ONE SFTP session, opened on first use and reused for every file
-operation.  A handful of operations SFTP cannot do (free space fallback, uid,
-clock) run fixed commands over exec channels with ``shlex``-quoted arguments.
+operation.  uid and clock come from a probe file created over SFTP (login
+directory, else /dev/shm, else /tmp); only when none of them is writable, or
+the server lacks ``statvfs@openssh.com`` (free space), a fixed command runs
+over an exec channel with ``shlex``-quoted arguments -- that needs a POSIX
+login shell for the account, and :class:`~prng_cache.errors.NodeSetupError`
+says so when it is missing.
+
+Names are checked first: a host or user name OpenSSH would refuse
+(whitespace, shell metacharacters, a leading ``-``) raises
+:class:`~prng_cache.errors.UnsafeNameError` before anything runs. A
+``ProxyCommand`` is run without a shell (see :mod:`.names`): split into words,
+``%h %p %r %n %%`` substituted inside each word; shell syntax is refused.
 
 How the node is reached follows the user's ssh config, as ``ssh`` would:
 ``HostName``, ``Port``, ``User``, ``IdentityFile``, ``IdentitiesOnly``,
@@ -29,7 +39,12 @@ operations (or a second stream) may be used while a stream is open.
 Errors follow the Transport contract: FileNotFoundError, FileExistsError,
 PermissionError, OSError (``errno.ENOSPC`` when a write fails and the file
 system has no room left); connection problems raise ``TransportError`` (the
-connection is then dropped, and the next operation reconnects).
+connection is then dropped, and the next operation reconnects). SFTP v3 says
+little (OpenSSH answers EROFS with a bare "Failure", ENOTDIR with "No such
+file"), so after such an answer the node is asked: the ST_RDONLY flag of
+``statvfs@openssh.com`` gives ``errno.EROFS`` "Read-only file system", an
+lstat of the ancestors gives ``NotADirectoryError`` "X is a file, not a
+directory".
 """
 
 from __future__ import annotations
@@ -46,6 +61,7 @@ import re
 import secrets
 import shlex
 import socket
+import stat
 import time
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Iterator
@@ -70,13 +86,14 @@ from paramiko.sftp import (
 )
 from paramiko.sftp_attr import SFTPAttributes
 
-from ..errors import HostKeyError, PrngCacheError, TransportError
+from ..errors import HostKeyError, NodeSetupError, PrngCacheError, TransportError, UnsafeNameError
 from ..policy import TransportPolicy
 from .base import DiskUsage, FileInfo, Transport
+from .names import ProxyCommandError, hostname_problem, proxy_argv, username_problem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SSHTarget", "SSHTransport", "resolve_target"]
+__all__ = ["SSHTarget", "SSHTransport", "check_names", "resolve_target"]
 
 #: SFTP read/write request size: OpenSSH's sftp-server accepts messages of up
 #: to 256 KiB, which leaves room for the request header.
@@ -92,6 +109,14 @@ MAX_PACKET_SIZE = 128 << 10
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
 
 _STATVFS_FIELDS = 11
+#: statvfs@openssh.com: index of f_flag, and its read-only bit
+_STATVFS_FLAG = 9
+_ST_RDONLY = 0x1
+#: operations that change the file system (a bare SFTP "Failure" of one of
+#: them on a read-only file system is reported as EROFS)
+_MUTATING = frozenset({"mkdir", "create", "rename", "unlink", "rmdir", "chmod", "write"})
+#: where the uid/clock probe file may be created, in order (login directory first)
+_PROBE_DIRS = (".", "/dev/shm", "/tmp")
 _CONN_ERRNOS = {
     errno.EPIPE,
     errno.ECONNRESET,
@@ -118,7 +143,9 @@ class SSHTarget:
     identities_only: bool = False
     known_hosts_files: tuple[str, ...] = ()
     jumps: tuple["SSHTarget", ...] = ()  # hops, outermost first
-    proxy_command: str | None = None  # ProxyCommand (used for the first hop)
+    #: ProxyCommand as written in the ssh config, %-tokens NOT substituted
+    #: (used for the first hop; see :meth:`proxy_argv`)
+    proxy_command: str | None = None
 
     @property
     def known_hosts_name(self) -> str:
@@ -129,16 +156,58 @@ class SSHTarget:
     def address(self) -> str:
         return f"{self.username}@{self.hostname}:{self.port}"
 
+    def proxy_argv(self) -> list[str]:
+        """The ProxyCommand as the argv that is run (no shell): split into
+        words first, then %h %p %r %n %% substituted inside each word.
+        Raises :class:`~prng_cache.transport.names.ProxyCommandError`."""
+        if not self.proxy_command:
+            raise ProxyCommandError("no ProxyCommand")
+        return proxy_argv(
+            self.proxy_command, host=self.hostname, port=self.port, user=self.username, alias=self.label
+        )
+
+
+class _SSHConfig(paramiko.SSHConfig):
+    """paramiko's ssh config, except that ProxyCommand keeps its %-tokens:
+    paramiko substitutes them into the command *text* (a host name with a
+    space would become two words); :func:`proxy_argv` substitutes them per
+    word after splitting."""
+
+    def _allowed_tokens(self, key):
+        if key == "proxycommand":
+            return []
+        return super()._allowed_tokens(key)
+
+
+def check_names(host: str, username: str | None = None) -> None:
+    """Refuse a host or user name OpenSSH would refuse (UnsafeNameError)
+    before it goes anywhere near a ProxyCommand or a command line."""
+    why = hostname_problem(host)
+    if why is not None:
+        raise UnsafeNameError(
+            host,
+            f"host name {host!r} refused: {why} (OpenSSH allows no whitespace, shell "
+            "metacharacters or leading '-' in host names)",
+        )
+    if username is not None:
+        why = username_problem(username)
+        if why is not None:
+            raise UnsafeNameError(
+                host,
+                f"user name {username!r} refused: {why} (no whitespace, shell "
+                "metacharacters or leading '-' in user names)",
+            )
+
 
 def _load_ssh_config(path: str | None, host: str) -> paramiko.SSHConfig:
     if path:
         p = os.path.expanduser(path)
         if os.path.isfile(p):
             try:
-                return paramiko.SSHConfig.from_path(p)
+                return _SSHConfig.from_path(p)
             except Exception as e:  # malformed config: be explicit about it
                 raise TransportError(host, f"cannot parse ssh config {p}: {e}") from e
-    return paramiko.SSHConfig()
+    return _SSHConfig()
 
 
 def _split_jump(spec: str) -> tuple[str | None, str, int | None]:
@@ -212,8 +281,14 @@ def resolve_target(
     else from ``settings.jump_host`` (unless the config gives the host a
     ``ProxyCommand``, which is then used instead); each hop is itself looked up in the
     ssh config (HostName, Port, User, IdentityFile, known hosts), with the
-    user and port written in the jump spec taking precedence."""
+    user and port written in the jump spec taking precedence.
+
+    ``host`` and ``username`` must pass OpenSSH's name rules
+    (:class:`~prng_cache.errors.UnsafeNameError` otherwise). No network is
+    used (unless the ssh config itself asks for it: ``Match exec``,
+    ``CanonicalizeHostname``)."""
     settings = settings or TransportPolicy()
+    check_names(host, username)
     cfg = _load_ssh_config(settings.ssh_config, host)
     target, jump = _lookup(cfg, host, username, None, settings)
     if not jump and not target.proxy_command and settings.jump_host:
@@ -287,6 +362,18 @@ def _info(a: SFTPAttributes) -> FileInfo:
     )
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
 def _nlink(longname: str | bytes | None) -> int | None:
     """SFTP v3 attributes carry no link count, but OpenSSH's directory
     listings come with an ``ls -l`` style longname whose second field is it:
@@ -323,6 +410,46 @@ class _QuickAckSocket:
 
     def __getattr__(self, name: str):
         return getattr(self._sock, name)
+
+
+class _ExecFailed(OSError):
+    """A fixed command exited non-zero; ``problem`` is its stderr or exit status."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+class _ProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand started from an argv we built (no shell, no
+    re-splitting), reaped on close."""
+
+    def __init__(self, argv: list[str]):
+        import subprocess
+
+        self.cmd = list(argv)
+        self.process = subprocess.Popen(
+            self.cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,
+        )
+        self.timeout = None
+
+    def close(self):
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for f in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(Exception):
+                f.close()
 
 
 # --------------------------------------------------------------- transport
@@ -436,7 +563,11 @@ class SSHTransport(Transport):
 
     def _proxy_command(self, hop: SSHTarget, timeout: float):
         try:
-            sock = paramiko.ProxyCommand(hop.proxy_command)
+            argv = hop.proxy_argv()
+        except ProxyCommandError as e:
+            raise TransportError(self.host, str(e)) from e
+        try:
+            sock = _ProxyCommand(argv)
             sock.settimeout(timeout)
             return sock
         except Exception as e:
@@ -584,8 +715,15 @@ class SSHTransport(Transport):
             return True
         return not self._alive()
 
-    def _error(self, e: BaseException, what: str, path: str, path2: str | None = None) -> BaseException:
-        """The contract exception for a failure of ``what`` on ``path``."""
+    def _error(
+        self, e: BaseException, what: str, path: str, path2: str | None = None, *, refine: bool = True
+    ) -> BaseException:
+        """The contract exception for a failure of ``what`` on ``path``.
+
+        SFTP v3 has few status codes: OpenSSH answers EROFS (and most other
+        errors) with a bare "Failure" and ENOTDIR with "No such file". With
+        ``refine`` the node is asked what really happened (see
+        :meth:`_refine`)."""
         if isinstance(e, PrngCacheError):
             return e
         if self._is_connection_error(e):
@@ -596,19 +734,114 @@ class SSHTransport(Transport):
         if isinstance(e, OSError):
             text = e.strerror if e.errno else (str(e) or "Failure")
             if e.errno:
-                return OSError(e.errno, f"{what} failed on {self.host}: {text}", path, None, path2)
-            return OSError(f"{what} {path}{' -> ' + path2 if path2 else ''} failed on {self.host}: {text}")
+                err = OSError(e.errno, f"{what} failed on {self.host}: {text}", path, None, path2)
+            else:
+                err = OSError(f"{what} {path}{' -> ' + path2 if path2 else ''} failed on {self.host}: {text}")
+            return self._refine(err, what, path, path2) if refine else err
         return e
 
     def _exists_error(self, e: BaseException, what: str, path: str) -> BaseException:
         """After a generic SFTP failure of a create: FileExistsError if the
         path is there (OpenSSH reports EEXIST as a bare "Failure")."""
-        err = self._error(e, what, path)
+        err = self._error(e, what, path, refine=False)
         if type(err) is OSError and err.errno is None:
             with contextlib.suppress(Exception):
                 if self.lstat(path) is not None:
                     return FileExistsError(errno.EEXIST, f"{what} failed on {self.host}: File exists", path)
+        return self._refine(err, what, path) if isinstance(err, OSError) else err
+
+    def _refine(self, err: OSError, what: str, path: str, path2: str | None = None) -> OSError:
+        """Turn a vague SFTP error into what happened, asking the node.
+
+        - a bare "Failure" of a change on a read-only file system (the
+          statvfs@openssh.com flags say ST_RDONLY): EROFS;
+        - "No such file" because a component of the path is a file (or
+          another non-directory): ENOTDIR naming that component.
+        Best effort: when the node cannot tell, ``err`` is returned as is."""
+        try:
+            if err.errno is None and what in _MUTATING:
+                for p in dict.fromkeys(x for x in (path, path2) if x):
+                    flags = self._statvfs_flags(p)
+                    if flags is not None and flags & _ST_RDONLY:
+                        return OSError(
+                            errno.EROFS, f"{what} failed on {self.host}: Read-only file system", path, None, path2
+                        )
+            elif err.errno == errno.ENOENT and what != "lstat":
+                for p in dict.fromkeys(x for x in (path2, path) if x):
+                    culprit = self._non_directory_ancestor(p)
+                    if culprit is not None:
+                        where, kind = culprit
+                        return NotADirectoryError(
+                            errno.ENOTDIR,
+                            f"{what} failed on {self.host}: {where} is {kind}, not a directory",
+                            path, None, path2,
+                        )
+        except PrngCacheError:
+            pass  # the connection went away meanwhile: report the original error
         return err
+
+    def _raw_statvfs(self, path: str) -> list[int]:
+        sftp = self._session()
+        t, msg = sftp._request(CMD_EXTENDED, "statvfs@openssh.com", path)
+        if t != CMD_EXTENDED_REPLY:
+            raise paramiko.SFTPError("Expected extended reply")
+        return [msg.get_int64() for _ in range(_STATVFS_FIELDS)]
+
+    def _statvfs_flags(self, path: str) -> int | None:
+        """f_flag of the file system holding ``path`` (or its nearest
+        existing ancestor); None when the server cannot tell."""
+        if self._statvfs_ext is False:
+            return None
+        p = path
+        for _ in range(64):
+            try:
+                return self._raw_statvfs(p)[_STATVFS_FLAG]
+            except FileNotFoundError:
+                parent = posixpath.dirname(p.rstrip("/")) or ("/" if p.startswith("/") else ".")
+                if parent == p:
+                    return None
+                p = parent
+            except Exception as e:  # unsupported, or an odd answer: cannot tell
+                if not isinstance(e, paramiko.SFTPError) and self._is_connection_error(e):
+                    self._drop()
+                    raise TransportError(self.host, f"connection lost during statvfs {p}: {e}") from e
+                return None
+        return None
+
+    def _non_directory_ancestor(self, path: str) -> tuple[str, str] | None:
+        """(ancestor, what it is) for the nearest existing ancestor of
+        ``path`` when that is not a directory (following symlinks)."""
+        sftp = self._session()
+        p = path.rstrip("/")
+        for _ in range(64):
+            parent = posixpath.dirname(p)
+            if not parent or parent == p:
+                return None
+            p = parent
+            try:
+                st = sftp.lstat(p)
+            except FileNotFoundError:
+                continue  # missing too (or below a non-directory): look further up
+            except Exception as e:
+                if not isinstance(e, paramiko.SFTPError) and self._is_connection_error(e):
+                    self._drop()
+                    raise TransportError(self.host, f"connection lost during lstat {p}: {e}") from e
+                return None
+            mode = st.st_mode or 0
+            if stat.S_ISDIR(mode):
+                return None
+            if stat.S_ISLNK(mode):
+                try:
+                    target = sftp.stat(p).st_mode or 0
+                except FileNotFoundError:
+                    return p, "a symbolic link to nothing"
+                except Exception:
+                    return None
+                if stat.S_ISDIR(target):
+                    return None
+                return p, f"a symbolic link to {_kind(target)}"
+            return p, _kind(mode)
+        return None
 
     # ------------------------------------------------------- metadata
     def lstat(self, path: str) -> FileInfo | None:
@@ -736,12 +969,8 @@ class SSHTransport(Transport):
     # ---------------------------------------------------- file system
     def disk_usage(self, path: str) -> DiskUsage:
         if self._statvfs_ext is not False:
-            sftp = self._session()
             try:
-                t, msg = sftp._request(CMD_EXTENDED, "statvfs@openssh.com", path)
-                if t != CMD_EXTENDED_REPLY:
-                    raise paramiko.SFTPError("Expected extended reply")
-                v = [msg.get_int64() for _ in range(_STATVFS_FIELDS)]
+                v = self._raw_statvfs(path)
                 self._statvfs_ext = True
                 _bsize, frsize, blocks, bfree, bavail = v[:5]
                 total = blocks * frsize
@@ -752,7 +981,8 @@ class SSHTransport(Transport):
                     raise err from e
                 log.debug("%s: statvfs@openssh.com unsupported (%s); using df", self.host, e)
                 self._statvfs_ext = False
-        out = self._exec(f"LC_ALL=C df -Pk -- {shlex.quote(path)}", path)
+        # `env` rather than `LC_ALL=C df`: works whatever shell the login shell is
+        out = self._exec(f"env LC_ALL=C df -Pk -- {shlex.quote(path)}", path)
         m = None
         for line in reversed(out.splitlines()):
             m = re.search(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+%\s", line + " ")
@@ -778,13 +1008,21 @@ class SSHTransport(Transport):
         """uid and clock offset of the node.
 
         An exec channel makes sshd start a session and a shell (0.1-0.25 s
-        here, most of a warm stage), so first try SFTP alone: create a probe
-        file in the login directory, lstat it (its owner is us, its mtime the
-        node's clock to the second: enough for staleness checks measured in
-        tens of seconds), remove it. Fall back to ``id -u; date``."""
+        here, most of a warm stage), and needs a usable login shell (service
+        accounts often have ``/usr/sbin/nologin``), so first try SFTP alone:
+        create a probe file in the login directory (else ``/dev/shm``, else
+        ``/tmp``), lstat it (its owner is us, its mtime the node's clock to
+        the second: enough for staleness checks measured in tens of
+        seconds), remove it. Fall back to ``id -u && date``; when that fails
+        too, :class:`~prng_cache.errors.NodeSetupError` says what the node
+        needs."""
         if self._probe_facts():
             return
-        out = self._exec("id -u && date +%s.%N")
+        command = "id -u && date +%s.%N"
+        try:
+            out = self._exec(command)
+        except OSError as e:
+            raise self._no_shell_error(command, e) from e
         t0, t1 = self._exec_window
         lines = out.split()
         try:
@@ -805,24 +1043,54 @@ class SSHTransport(Transport):
 
     def _probe_facts(self) -> bool:
         sftp = self._session()
-        probe = f".prng-cache-probe-{secrets.token_hex(6)}"
-        try:
-            t0 = time.time()
-            sftp.open(probe, "x").close()
-            t1 = time.time()
+        name = f".prng-cache-probe-{secrets.token_hex(6)}"
+        for d in _PROBE_DIRS:
+            probe = name if d == "." else f"{d}/{name}"
             try:
-                st = sftp.lstat(probe)
-            finally:
-                sftp.remove(probe)
-        except (OSError, IOError, paramiko.SFTPError) as e:
-            log.debug("%s: uid probe in the login directory failed (%s); using id -u", self.host, e)
-            return False
-        if st.st_uid is None or st.st_mtime is None:
-            return False
-        self._uid = st.st_uid
-        # whole-second mtime: the file was created within [t0, t1]
-        self._clock_offset = st.st_mtime + 0.5 - (t0 + t1) / 2
-        return True
+                t0 = time.time()
+                sftp.open(probe, "x").close()  # O_CREAT|O_EXCL: a file of ours
+                t1 = time.time()
+                try:
+                    st = sftp.lstat(probe)
+                finally:
+                    sftp.remove(probe)
+            except Exception as e:
+                if self._is_connection_error(e) and not isinstance(e, paramiko.SFTPError):
+                    raise self._error(e, "create", probe) from e
+                log.debug("%s: uid probe in %s failed (%s)", self.host, d, e)
+                continue
+            if st.st_uid is None or st.st_mtime is None:
+                return False
+            self._uid = st.st_uid
+            # whole-second mtime: the file was created within [t0, t1]
+            self._clock_offset = st.st_mtime + 0.5 - (t0 + t1) / 2
+            return True
+        log.debug("%s: no writable probe directory (%s); using id -u", self.host, ", ".join(_PROBE_DIRS))
+        return False
+
+    def _login_shell(self, user: str) -> str | None:
+        """The user's login shell per the node's /etc/passwd (best effort:
+        accounts from LDAP etc. are not in it)."""
+        try:
+            text = self.read_bytes("/etc/passwd", 8 << 20).decode("utf-8", "replace")
+        except Exception:
+            return None
+        for line in text.splitlines():
+            parts = line.split(":")
+            if len(parts) >= 7 and parts[0] == user:
+                return parts[6] or "/bin/sh"
+        return None
+
+    def _no_shell_error(self, command: str, e: OSError) -> NodeSetupError:
+        user = self.target.username
+        shell = self._login_shell(user)
+        which = f" (its login shell is {shell})" if shell else ""
+        return NodeSetupError(
+            self.host,
+            f"the node needs a POSIX login shell for user {user}{which} to run {command!r}, "
+            f"or a directory where {user} may create files over SFTP (login directory, /dev/shm "
+            f"or /tmp); the command failed: {e.problem if isinstance(e, _ExecFailed) else e}",
+        )
 
     def _exec(self, command: str, path: str = "") -> str:
         """Run a fixed command (arguments already shlex-quoted); stdout text."""
@@ -854,7 +1122,7 @@ class SSHTransport(Transport):
             msg = err.decode(errors="replace").strip() or f"exit status {status}"
             if path and "No such file" in msg:
                 raise FileNotFoundError(errno.ENOENT, f"{command!r} on {self.host}: {msg}", path)
-            raise OSError(f"{command!r} failed on {self.host}: {msg}")
+            raise _ExecFailed(f"{command!r} failed on {self.host}: {msg}", msg)
         return out.decode(errors="replace")
 
     # ---------------------------------------------------- diagnostics
@@ -1031,7 +1299,11 @@ class _SFTPWriter(_Pipelined):
                 f"({du.free} bytes free of {du.total}; server said {text!r})",
                 self._path,
             )
-        return OSError(f"write {self._path} failed on {self._owner.host}: {text}")
+        # a read-only file system, say so (the pipeline is drained: the
+        # session is free for the question)
+        return self._owner._refine(
+            OSError(f"write {self._path} failed on {self._owner.host}: {text}"), "write", self._path
+        )
 
     def close(self) -> None:
         """Send what is buffered, check every request's status, close the handle."""
