@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TypeVar
 
 from . import cancel
-from .cluster import Node, fan_out, node_settings, open_transport
+from .cluster import Node, connection_identity, fan_out, node_settings, open_transport
 from .errors import IntegrityError, NodeError, TransportError
 from .inputs import Bundle
 from .policy import Policy
@@ -274,16 +274,56 @@ def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]]
         progress(node.hostname, "done", rep.to_dict())
         return rep
 
+    # The same machine and cache root under two host aliases is staged once,
+    # with the union of what both need: two stagers on one fresh root would
+    # see each other's half-done work ("manifest missing") and upload twice.
+    groups: dict[Any, list[Node]] = {}
+    for node in nodes:
+        groups.setdefault(_cache_identity(node, policy), []).append(node)
+    leaders = [g[0] for g in groups.values()]
+    union = {g[0].hostname: g for g in groups.values() if len(g) > 1}
+    if union:
+        plain = bundles_for
+
+        def bundles_for(node: Node) -> list[Bundle]:  # noqa: F811 - the union for a group's leader
+            if node.hostname not in union:
+                return plain(node)
+            seen: dict[str, Bundle] = {}
+            for member in union[node.hostname]:
+                for b in plain(member):
+                    seen.setdefault(b.path, b)
+            return list(seen.values())
+
     try:
-        reports = fan_out(list(nodes), one, policy.transport.parallel_nodes)
+        reports = fan_out(leaders, one, policy.transport.parallel_nodes)
     except KeyboardInterrupt:
         # uploads were aborted (fan_out): leave no half-copied temporaries in
         # the nodes' RAM, then let the interrupt go on
-        remove_own_temporaries(nodes, policy)
+        remove_own_temporaries(leaders, policy)
         raise
     if ids is not None:
         ids.save()
-    return {r.host: r for r in reports}
+    out: dict[str, NodeReport] = {}
+    for rep, group in zip(reports, groups.values()):
+        out[rep.host] = rep
+        for alias in group[1:]:
+            twin = replace(rep, host=alias.hostname, staged=dict(rep.staged), skipped=dict(rep.skipped),
+                           warnings=[*rep.warnings, f"same machine and cache root as {rep.host}: staged once"])
+            out[alias.hostname] = twin
+    return {n.hostname: out[n.hostname] for n in nodes}
+
+
+def _cache_identity(node: Node, policy: Policy) -> Any:
+    """What makes two cluster entries one cache: where the connection really
+    goes and which root it uses. Nodes not staged, or whose identity cannot
+    be resolved (run_on_node reports why), stay on their own."""
+    settings = node_settings(policy, node)
+    if settings.mode != "cache":
+        return ("own", node.hostname)
+    try:
+        return (connection_identity(node, policy), settings.cache_root.rstrip("/"))
+    except Exception:
+        return ("own", node.hostname)
 
 
 def remove_own_temporaries(nodes: list[Node], policy: Policy, wait: float | None = None) -> dict[str, int]:
