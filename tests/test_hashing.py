@@ -27,21 +27,21 @@ class Counting:
 
     def __call__(self, path):
         self.opens += 1
-        return _Wrapped(open(path, "rb"), self)
+        return _Wrapped(open(path, "rb", buffering=0), self)
 
 
 class _Wrapped:
     def __init__(self, f, counter, on_first_read=None):
         self.f, self.counter, self.on_first_read = f, counter, on_first_read
 
-    def read(self, n):
-        data = self.f.read(n)
+    def readinto(self, buf):
+        n = self.f.readinto(buf)
         if self.counter is not None:
-            self.counter.bytes += len(data)
+            self.counter.bytes += n
         if self.on_first_read is not None:
             self.on_first_read()
             self.on_first_read = None
-        return data
+        return n
 
     def fileno(self):
         return self.f.fileno()
@@ -53,26 +53,21 @@ class _Wrapped:
         self.f.close()
 
 
-def test_hash_matches_xxh3_128_and_streams_in_chunks(tmp_path):
+def test_hash_matches_xxh3_128_and_streams_into_one_reused_buffer(tmp_path):
     data = os.urandom(hashing.CHUNK * 2 + 123)
     p = make(tmp_path / "big.npz", data)
-    sizes = []
+    buffers = []
 
-    def opener(path):
-        f = open(path, "rb")
-        orig = f.read
+    class Recording(_Wrapped):
+        def readinto(self, buf):
+            buffers.append((id(buf), len(buf)))
+            return super().readinto(buf)
 
-        def read(n):
-            sizes.append(n)
-            return orig(n)
-
-        f.read = read
-        return f
-
-    digest = hash_file(p, opener=opener)
+    digest = hash_file(p, opener=lambda path: Recording(open(path, "rb", buffering=0), None))
     assert digest == xxhash.xxh3_128(data).hexdigest()
     assert len(digest) == 32 and digest == digest.lower()
-    assert set(sizes) == {hashing.CHUNK}  # never the whole file at once
+    assert len(buffers) == 4  # 3 chunks and the empty read at EOF
+    assert set(buffers) == {(buffers[0][0], hashing.CHUNK)}  # never the whole file; no new buffer per chunk
 
 
 def test_stream_hasher_equals_hash_file(tmp_path):
@@ -112,7 +107,7 @@ def test_file_changing_while_hashed_raises(tmp_path):
         with open(p, "ab") as g:
             g.write(b"more")
 
-    opener = lambda path: _Wrapped(open(path, "rb"), None, on_first_read=append)
+    opener = lambda path: _Wrapped(open(path, "rb", buffering=0), None, on_first_read=append)
     with pytest.raises(HashError, match="changed while being hashed"):
         hash_file(p, opener=opener)
 
@@ -138,9 +133,25 @@ def test_bundle_key_order_independent_and_sensitive():
     assert a == xxhash.xxh3_128(raw).hexdigest()
 
 
+def memo_at(tmp_path, **kw):
+    # Files in these tests were just written, so their ctime is "now": a
+    # zero racy window lets the memo trust them at once (the window itself
+    # is tested in test_hashing_faults.py).
+    kw.setdefault("racy_window", 0)
+    return HashMemo(str(tmp_path / "memo"), **kw)
+
+
+def rows(memo):
+    db = sqlite3.connect(memo.path)
+    try:
+        return db.execute("SELECT size, mtime_ns, ctime_ns, hash FROM hashes_v2").fetchall()
+    finally:
+        db.close()
+
+
 def test_memo_hit_does_no_read_and_persists(tmp_path):
     p = make(tmp_path / "s.npz", b"x" * 5000)
-    memo = HashMemo(str(tmp_path / "memo"))
+    memo = memo_at(tmp_path)
     assert memo.degraded is None
     c = Counting()
     h = hash_file(p, memo, opener=c)
@@ -151,13 +162,13 @@ def test_memo_hit_does_no_read_and_persists(tmp_path):
     # a second process (new memo object, same database) also hits
     memo.close()
     hashing.stats.reset()
-    assert hash_file(p, HashMemo(str(tmp_path / "memo"))) == h
+    assert hash_file(p, memo_at(tmp_path)) == h
     assert (hashing.stats.opens, hashing.stats.bytes) == (0, 0)
 
 
 def test_memo_hit_uses_fresh_stat(tmp_path):
     p = make(tmp_path / "s.npz", b"aaaa")
-    memo = HashMemo(str(tmp_path / "memo"))
+    memo = memo_at(tmp_path)
     h1 = hash_file(p, memo)
     # same size, different mtime: the memo must miss
     (tmp_path / "s.npz").write_bytes(b"bbbb")
@@ -167,6 +178,14 @@ def test_memo_hit_uses_fresh_stat(tmp_path):
     assert c.opens == 1 and h2 != h1
 
 
+def test_memo_records_ctime(tmp_path):
+    p = make(tmp_path / "s.npz", b"abc")
+    memo = memo_at(tmp_path)
+    h = hash_file(p, memo)
+    st = os.stat(p)
+    assert rows(memo) == [(3, st.st_mtime_ns, st.st_ctime_ns, h)]
+
+
 def test_racy_mtime_is_not_stored_nor_trusted(tmp_path):
     p = make(tmp_path / "s.npz", b"fresh", old=False)  # mtime == now
     memo = HashMemo(str(tmp_path / "memo"), racy_window=2.0)
@@ -174,38 +193,28 @@ def test_racy_mtime_is_not_stored_nor_trusted(tmp_path):
     hash_file(p, memo, opener=c)
     hash_file(p, memo, opener=c)
     assert c.opens == 2  # not remembered
-    db = sqlite3.connect(memo.path)
-    assert db.execute("SELECT COUNT(*) FROM hashes").fetchone()[0] == 0
+    assert rows(memo) == []
 
-    # an entry written with a racy timestamp by someone else is not trusted
+    # an entry stored with a racy timestamp by someone else is not trusted
     st = os.stat(p)
-    db.execute("INSERT INTO hashes VALUES (?,?,?,?,?,?)",
-               (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, "0" * 32, st.st_mtime_ns))
-    db.commit()
-    assert HashMemo(str(tmp_path / "memo")).lookup(st) is None
-    assert memo.store(st, "0" * 32, hashed_at_ns=st.st_mtime_ns + 10**9) is False
-    assert memo.store(st, "0" * 32, hashed_at_ns=st.st_mtime_ns + 3 * 10**9) is True
+    assert memo_at(tmp_path).store(st, "0" * 32, hashed_at_ns=st.st_ctime_ns) is True
+    assert len(rows(memo)) == 1
+    assert HashMemo(str(tmp_path / "memo"), racy_window=2.0).lookup(st) is None
+    assert memo.store(st, "0" * 32, hashed_at_ns=st.st_ctime_ns + 10**9) is False
 
 
-def test_memo_corrupt_db_degrades_to_memory(tmp_path):
-    d = tmp_path / "memo"
-    d.mkdir()
-    (d / "hashes.sqlite").write_bytes(b"this is not a database" * 100)
-    memo = HashMemo(str(d))
+def test_memo_unwritable_dir_degrades_with_a_warning(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the directory should be (works as root too)
+    memo = HashMemo(str(blocker / "sub"), racy_window=0)
     assert memo.degraded and "hashes.sqlite" in memo.degraded
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "hashes.sqlite" in caplog.records[0].getMessage()
     p = make(tmp_path / "s.npz", b"data")
     c = Counting()
     h = hash_file(p, memo, opener=c)
+    assert h == hash_file(p)
     assert hash_file(p, memo, opener=c) == h and c.opens == 1  # in-memory hit
-
-
-def test_memo_unwritable_dir_degrades(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")  # a file where the directory should be (works as root too)
-    memo = HashMemo(str(blocker / "sub"))
-    assert memo.degraded
-    p = make(tmp_path / "s.npz", b"data")
-    assert hash_file(p, memo) == hash_file(p)
 
 
 def test_memo_default_location_reads_env_at_call_time(tmp_path, monkeypatch):
@@ -220,10 +229,9 @@ def test_memo_default_location_reads_env_at_call_time(tmp_path, monkeypatch):
 
 def test_memo_replaces_entry_for_same_inode(tmp_path):
     p = make(tmp_path / "s.npz", b"v1")
-    memo = HashMemo(str(tmp_path / "memo"))
+    memo = memo_at(tmp_path)
     hash_file(p, memo)
     (tmp_path / "s.npz").write_bytes(b"v2")
     os.utime(p, (OLD + 5, OLD + 5))
-    hash_file(p, memo)
-    db = sqlite3.connect(memo.path)
-    assert db.execute("SELECT COUNT(*) FROM hashes").fetchone()[0] == 1
+    h2 = hash_file(p, memo)
+    assert [r[3] for r in rows(memo)] == [h2]
