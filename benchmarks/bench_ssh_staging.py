@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 
+from prng_cache.bench.datagen import age_files
 from prng_cache.bench.worker import drop_cache
 from prng_cache.cluster import Node
 from prng_cache.hashing import HashMemo
@@ -108,6 +109,7 @@ def main() -> int:
         with open(big, "wb") as f:
             for _ in range(a.big_mib):
                 f.write(block)
+        age_files(small)  # a warm stage must find the small inputs in the hash memo
         transport = cluster.policy()
         nodes = [Node(h, cluster.user) for h in hosts]
         rows: dict[str, list[float]] = {k: [] for k in ("cold", "scp_files", "warm", "preload_checks",

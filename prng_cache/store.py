@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from . import cancel
-from .errors import IntegrityError, LockTimeout, NodeError, UnsafeCacheRootError
-from .hashing import StreamHasher
+from .errors import HashError, IntegrityError, LockTimeout, NodeError, UnsafeCacheRootError
+from .hashing import HashMemo, StreamHasher, file_identity, open_regular
 from .inputs import Bundle, BundleFile
 from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Entry, Lease, Manifest, decode, is_key
 from .policy import GcPolicy, NodeSettings
@@ -446,23 +446,32 @@ class NodeStore:
         hasher = StreamHasher()
         sent = 0
         try:
-            fd = os.open(src.src, os.O_RDONLY)
-        except OSError as exc:
-            raise IntegrityError(self.host, f"cannot read {src.src}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as f:
-            before = os.fstat(f.fileno())
+            f, before = open_regular(src.src)  # never blocks on a FIFO swapped in
+        except HashError as exc:
+            raise IntegrityError(self.host, f"cannot read {exc}") from exc
+        with f:
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
             with self.t.open_write(dst, 0o600) as out:
                 while True:
                     cancel.check()  # Ctrl-C: stop between chunks
-                    chunk = f.read(CHUNK)
-                    if not chunk:
+                    n = f.readinto(buf)
+                    if not n:
                         break
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    sent += len(chunk)
-            after = os.stat(src.src)
+                    hasher.update(view[:n])
+                    out.write(view[:n])
+                    sent += n
+            after = os.fstat(f.fileno())
+        try:
+            now = file_identity(os.stat(src.src))
+        except OSError:
+            now = None
         if (sent != src.size or hasher.hexdigest() != src.hash
-                or (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns)):
+                or file_identity(after) != file_identity(before) or now != file_identity(before)):
+            # the memo vouched for bytes this file no longer has: forget it,
+            # or the input would fall back at every later stage
+            with contextlib.suppress(Exception):
+                HashMemo().invalidate(before)
             raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
         self.t.chmod(dst, 0o400)  # jobs must not be able to change shared inputs
         return sent

@@ -173,7 +173,7 @@ def test_changed_input_gives_new_key_and_each_file_hashed_once(tmp_path):
 
 def test_memo_hit_through_discover_reads_nothing(tree, tmp_path):
     base, abs_dir = tree
-    memo = HashMemo(str(tmp_path / "m"))
+    memo = HashMemo(str(tmp_path / "m"), racy_window=0)  # the files were just written
     d1 = discover(users_jobs(base, abs_dir), InputsPolicy(), str(base), memo=memo)
     hashing.stats.reset()
     d2 = discover(users_jobs(base, abs_dir), InputsPolicy(), str(base), memo=memo)

@@ -505,3 +505,22 @@ def test_a_fresh_lock_renamed_by_a_late_breaker_is_put_back(shm_root, src, monke
         with store.lock(timeout=0.5):
             pass
     assert swapped and os.path.isdir(lock)  # B's lock survived
+
+
+def test_input_replaced_by_a_fifo_between_hashing_and_upload_falls_back(shm_root, src):
+    """The uploader opens inputs non-blocking and checks the descriptor: a
+    FIFO swapped in after hashing makes that input fall back, never hang."""
+    import threading
+
+    bs = bundles(src, "train_history.json", "holdout_history.json")
+    os.unlink(src / "train_history.json")
+    os.mkfifo(src / "train_history.json")
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("rep", stage_node(make_store(shm_root), bs)), daemon=True)
+    th.start()
+    th.join(30)  # a hang detector: before the fix this blocked forever in open()
+    assert not th.is_alive(), "stage blocked on a FIFO"
+    rep = out["rep"]
+    assert rep.status == "fallback" and "not a regular file" in rep.skipped[bs[0].path], rep.skipped
+    assert bs[1].path in rep.staged
+    assert not [n for n in os.listdir(shm_root) if n.startswith((".tmp-", ".trash-"))]

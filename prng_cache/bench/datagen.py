@@ -101,10 +101,18 @@ def make_inputs(directory: str, *, npz_kb: float = 230, train_kb: float = 27, ho
 
 
 def age_files(paths: list[str], seconds: float = 60.0) -> None:
-    """Set mtimes into the past so the hash memo trusts them at once (its
-    racy-write window refuses files modified in the last couple of seconds)."""
+    """Set mtimes into the past, then wait until the files' ctimes (which
+    cannot be set back) leave the hash memo's racy window, so the memo
+    trusts them: it refuses files changed in the last couple of seconds."""
     import time
 
+    from ..hashing import RACY_WINDOW
+
     t = time.time() - seconds
+    newest = 0
     for p in paths:
         os.utime(p, (t, t))
+        newest = max(newest, os.stat(p).st_ctime_ns)
+    wait_ns = newest + int(RACY_WINDOW * 1e9) - time.time_ns()
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9 + 0.01)
