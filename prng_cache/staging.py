@@ -17,7 +17,7 @@ from .cluster import Node, connection_identity, fan_out, node_settings, open_tra
 from .errors import IntegrityError, NodeError, TransportError
 from .inputs import Bundle
 from .policy import Policy
-from .store import LeaseRequest, NodeStore, Published, bundle_names, ensure_node_error
+from .store import LeaseRequest, NodeStore, Published, ensure_node_error
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         # stale it only holds the node's RAM (8 GB rigs): reclaim what is
         # provably ours, leave everything else alone
         cleaned = store.reclaim(store.survey(snap).reclaimable)
+        for name in cleaned:
+            snap.listing.pop(name, None)
         if cleaned:
             rep.warnings.append(f"removed {len(cleaned)} stale temporary or unrecorded item(s) of prng-cache's own "
                                 f"left by an interrupted run")
@@ -148,7 +150,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     for b, entry in planned:
         progress(host, "upload", {"name": b.name, "bytes": b.size})
         try:
-            pub, sent = store.publish(b, entry)
+            pub, sent = store.publish(b, entry, key_exists=b.key in snap.listing)
         except IntegrityError as exc:
             _skip(rep, bundles, b.key, exc.problem)
             continue
@@ -195,10 +197,9 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
 def _unpublish(store: NodeStore, published: list[Published]) -> int:
     """Best effort after a failed commit: remove the directories this stage
     created and could not record (re-checked under the lock by reclaim)."""
-    keys = [p.bundle.key for p in published if p.pending_tmp is None and set(p.new_names) == set(bundle_names(p.bundle))]
+    keys = [p.bundle.key for p in published if p.pending_tmp is None and not p.pending_files]
     for p in published:
-        if p.pending_tmp is not None:
-            store.empty_trash([p.pending_tmp])
+        store.empty_trash([p.pending_tmp] if p.pending_tmp else [t for t, _ in p.pending_files])
     try:
         return len(store.reclaim(keys))
     except Exception as exc:  # the node may be full or gone: gc reclaims later

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 LOCK_NAME = ".lock"
+BREAKER_NAME = ".lock.break"
 ROOT_TOKEN_PREFIX = ".prng-root-"
 MARKER_PREFIX = ".prng-"
 CHUNK = 1 << 20
@@ -133,6 +134,9 @@ class Published:
     # set when <key> already existed untrusted: swap it under the lock
     pending_tmp: str | None = None
     new_names: tuple[str, ...] = ()
+    # one more name for a cached entry: (temporary file, name), renamed into
+    # <key>/ under the lock, where gc cannot be burying <key> meanwhile
+    pending_files: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,9 @@ class NodeStore:
         out = Survey()
         leftovers = set(snap.leftovers)
         for name, info in sorted(snap.listing.items()):
-            if name in (MANIFEST_NAME, LOCK_NAME) or name in snap.manifest.entries:
+            if name == MANIFEST_NAME or name in snap.manifest.entries:
+                continue
+            if name in (LOCK_NAME, BREAKER_NAME) and info.is_dir and not info.is_symlink:
                 continue
             if name.startswith(ROOT_TOKEN_PREFIX) and name[len(ROOT_TOKEN_PREFIX):] in snap.tokens:
                 continue
@@ -391,17 +397,41 @@ class NodeStore:
         return abs(age) > self.gc.stale_lock or time.monotonic() - first_seen > self.gc.stale_lock
 
     def _break_lock(self, lock: str, judged_mtime: float) -> None:
-        grave = self.path(self.trash_name() + "-lock")
-        with contextlib.suppress(OSError):
-            self.t.rename(lock, grave)
-            taken = self.t.lstat(grave)
-            if taken is not None and taken.mtime != judged_mtime:
-                # not the lock we judged stale: a live one taken meanwhile
-                self.t.rename(grave, lock)
+        """Remove the stale lock we judged, and nothing else.
+
+        Breakers take ``.lock.break`` (mkdir, atomic) first, so only one at a
+        time looks again and removes; the lock is removed with ``rmdir`` only,
+        never renamed (putting a renamed lock back could replace a live one).
+        A ``.lock`` that is not an empty directory of ours is not prng-cache's:
+        it is left untouched and this node refused."""
+        breaker = self.path(BREAKER_NAME)
+        try:
+            self.t.mkdir(breaker, 0o700)
+        except OSError:
+            info = self.t.lstat(breaker)
+            if info is not None and info.is_dir and abs(self.t.now() - info.mtime) > self.gc.stale_lock:
+                with contextlib.suppress(OSError):
+                    self.t.rmdir(breaker)  # a breaker killed within its few milliseconds
+            return  # another process is breaking it: look again
+        try:
+            info = self.t.lstat(lock)
+            if info is None or info.mtime != judged_mtime:
+                return  # already broken, or a new live lock
+            if info.is_symlink or not info.is_dir or info.uid != self._uid:
+                raise UnsafeCacheRootError(self.host, f"{lock} is not prng-cache's lock (not a directory of "
+                                                      f"ours); left untouched, remove it by hand")
+            try:
+                self.t.rmdir(lock)
+            except FileNotFoundError:
                 return
+            except OSError as exc:
+                raise UnsafeCacheRootError(self.host, f"{lock} is not prng-cache's lock (not an empty "
+                                                      f"directory); left untouched, remove it by hand") from exc
             log.warning("%s: broke a stale manifest lock (older than %.0fs, or dated in the future)",
                         self.host, self.gc.stale_lock)
-            self.t.rmdir(grave)  # an empty directory: a lock is never rmtree'd
+        finally:
+            with contextlib.suppress(OSError):
+                self.t.rmdir(breaker)
 
     # ------------------------------------------------------------ lookups
     def entry_ok(self, key: str, entry: Entry, names: list[str] | None = None,
@@ -476,7 +506,7 @@ class NodeStore:
         self.t.chmod(dst, 0o400)  # jobs must not be able to change shared inputs
         return sent
 
-    def publish(self, bundle: Bundle, existing: Entry | None) -> tuple[Published, int]:
+    def publish(self, bundle: Bundle, existing: Entry | None, *, key_exists: bool = False) -> tuple[Published, int]:
         """Upload a bundle (or the names it lacks). Returns (result, bytes sent).
 
         On any failure the temporary directory is removed; nothing partial is
@@ -487,18 +517,18 @@ class NodeStore:
             # file by file, each through a temporary name and a rename
             missing = [f for f in bundle.files if f.name not in existing.files]
             sent = 0
-            for f in missing:
-                # in the root, not inside <key>: a killed stager's leftover
-                # is then found and cleaned like any other temporary
-                tmp = self.path(self.tmp_name())
-                try:
+            done: list[tuple[str, str]] = []
+            try:
+                for f in missing:
+                    # in the root, not inside <key>: a killed stager's leftover
+                    # is then found and cleaned like any other temporary
+                    tmp = self.path(self.tmp_name())
+                    done.append((tmp, f.name))
                     sent += self.upload_file(f, tmp)
-                    self.t.rename(tmp, self.path(bundle.key, f.name))
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        self.t.unlink(tmp)
-                    raise
-            return Published(bundle, new_names=tuple(f.name for f in missing)), sent
+            except BaseException:
+                self.empty_trash([t for t, _ in done])
+                raise
+            return Published(bundle, new_names=tuple(f.name for f in missing), pending_files=tuple(done)), sent
         tmp = self.path(self.tmp_name())
         self.t.mkdir(tmp, 0o700)
         try:
@@ -507,6 +537,8 @@ class NodeStore:
             with self.t.open_write(f"{tmp}/{MARKER_PREFIX}{self.token}", 0o400):
                 pass
             sent = sum(self.upload_file(f, f"{tmp}/{f.name}") for f in bundle.files)
+            if key_exists:  # a rename would replace an empty <key> directory
+                return Published(bundle, pending_tmp=tmp, new_names=bundle_names(bundle)), sent
             try:
                 self.t.rename(tmp, self.path(bundle.key))
             except OSError:
@@ -542,20 +574,32 @@ class NodeStore:
                     b = p.bundle
                     entry = m.entries.get(b.key)
                     files = {f.name: f for f in b.files}
-                    if p.pending_tmp is not None:
+                    if p.pending_files:
+                        trash.extend(t for t, _ in p.pending_files)
+                        if entry is None:
+                            continue  # evicted meanwhile: nothing to add names to
+                        try:
+                            for tmp_file, name in p.pending_files:
+                                self.t.rename(tmp_file, self.path(b.key, name))
+                        except OSError as exc:
+                            refused[b.key] = f"could not add a name to {self.path(b.key)}: {exc}"
+                            continue
+                    elif p.pending_tmp is not None:
                         trash.append(p.pending_tmp)
                         have = [] if entry is None else [
                             n for n in files if n in entry.files and self.entry_ok(b.key, entry, [n], files) is None]
                         if len(have) == len(files):
                             continue  # a concurrent stager won
-                        if entry is None and not self.owns_dir(b.key, snap.listing.get(b.key)):
+                        if b.key not in snap.listing:  # gone meanwhile (reclaimed): take its place
+                            self.t.rename(p.pending_tmp, self.path(b.key))
+                        elif entry is None and not self.owns_dir(b.key, snap.listing.get(b.key)):
                             refused[b.key] = (f"{self.path(b.key)} exists and is not prng-cache's "
                                               f"(no marker of this cache root); left untouched")
                             continue
                         # our files (hash-checked while uploaded) renamed into the
                         # existing directory one by one: the names other stagers
                         # published there, and their readers, stay
-                        if not self._merge(b.key, p.pending_tmp, [n for n in files if n not in have]):
+                        elif not self._merge(b.key, p.pending_tmp, [n for n in files if n not in have]):
                             refused[b.key] = f"{self.path(b.key)} is not a directory of ours; left untouched"
                             continue
                     else:

@@ -269,17 +269,13 @@ class CoordinatorEnv:
 def test_unreachable_node_errors_others_stage_its_jobs_keep_args(cluster, tmp_path, monkeypatch):
     env = CoordinatorEnv(cluster, tmp_path, monkeypatch)
     cluster["rig-b"].stop()
-    t0 = time.monotonic()
     c, out, rep = env.run()
     assert out["failed"] == []
     nb = rep["nodes"]["rig-b"]
-    assert nb["status"] == "error" and "refused" in nb["reason"], nb
+    # refused at once: no connect timeout was waited for (the mechanism, not
+    # a duration; the silent-node test covers the timeout)
+    assert nb["status"] == "error" and "refused" in nb["reason"] and "timed out" not in nb["reason"], nb
     assert rep["nodes"]["rig-a"]["status"] == "ok" and rep["nodes"]["rig-a"]["copied_files"] == 4
-    # the dead node costs the stage nothing (refused at once), and never more
-    # than connect_timeout (3 s); a generous bound: a guarantee, not a benchmark
-    assert nb["seconds"] < 3.0, nb
-    assert rep["stage_seconds"] < 3.0 + 5, rep["stage_seconds"]
-    assert time.monotonic() - t0 < 60
     sent = [(h, jid, args) for h, jid, args in c.commands]
     assert any(h == "rig-b" for h, _, _ in sent)
     for h, jid, args in sent:

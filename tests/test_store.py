@@ -479,32 +479,58 @@ def test_directories_with_wrong_name_format_are_ignored(shm_root, src):
     assert os.path.isdir(os.path.join(shm_root, "not-a-hash"))
 
 
-def test_a_fresh_lock_renamed_by_a_late_breaker_is_put_back(shm_root, src, monkeypatch):
-    """A sees a stale lock, B breaks it and takes a new one, then A renames
-    B's fresh lock: A must give it back, not delete it."""
+def test_a_breaker_never_removes_a_lock_taken_after_its_judgement(shm_root, src):
+    """A judged the lock stale; meanwhile B broke it and took a new one.
+    A must leave B's live lock alone (it is removed by rmdir only after a
+    second look, never renamed away and put back over a third process's)."""
     store = make_store(shm_root, stale_lock=5)
     store.ensure_root()
     lock = os.path.join(shm_root, ".lock")
     os.mkdir(lock)
     old = time.time() - 3600
     os.utime(lock, (old, old))
-    real_rename = store.t.rename
-    swapped = []
+    judged = store.t.lstat(lock).mtime
+    os.rmdir(lock)
+    os.mkdir(lock)  # B's fresh lock
+    store._break_lock(lock, judged)
+    assert os.path.isdir(lock)
+    assert not os.path.exists(os.path.join(shm_root, ".lock.break"))
+    store._break_lock(lock, store.t.lstat(lock).mtime)  # judged stale itself: removed
+    assert not os.path.exists(lock)
 
-    def rename(src_, dst):
-        if src_ == lock and not swapped:  # B got there first: a fresh lock now
-            os.rmdir(lock)
-            os.mkdir(lock)
-            swapped.append(True)
-        return real_rename(src_, dst)
 
-    monkeypatch.setattr(store.t, "rename", rename)
-    from prng_cache.errors import LockTimeout
+@pytest.mark.parametrize("kind", ["file", "non-empty-dir"])
+def test_a_lock_that_is_not_ours_is_never_removed(shm_root, src, kind):
+    bs = bundles(src, "train_history.json")
+    os.makedirs(shm_root, mode=0o700)
+    lock = os.path.join(shm_root, ".lock")
+    if kind == "file":
+        open(lock, "w").write("users' notes")
+    else:
+        os.mkdir(lock)
+        open(os.path.join(lock, "data"), "w").write("users' notes")
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    rep = stage_node(make_store(shm_root, stale_lock=5), bs)
+    assert rep.status == "error" and "not prng-cache's lock" in rep.reason and rep.staged == {}, rep
+    with pytest.raises(UnsafeCacheRootError, match="not prng-cache's lock"):
+        gc_node(make_store(shm_root, stale_lock=5, stale_temp=1), remove_all=True)
+    if kind == "file":
+        assert ".lock" in status_node(make_store(shm_root))["foreign"]
+    target = lock if kind == "file" else os.path.join(lock, "data")
+    assert open(target).read() == "users' notes"
+    assert not [n for n in os.listdir(shm_root) if n.startswith(".trash-")]
 
-    with pytest.raises(LockTimeout):
-        with store.lock(timeout=0.5):
-            pass
-    assert swapped and os.path.isdir(lock)  # B's lock survived
+
+def test_an_empty_foreign_key_directory_is_not_replaced(shm_root, src):
+    bs = bundles(src, "train_history.json")
+    os.makedirs(shm_root, mode=0o700)
+    keydir = os.path.join(shm_root, bs[0].key)
+    os.mkdir(keydir, 0o755)
+    ino = os.stat(keydir).st_ino
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.status == "fallback" and "not prng-cache's" in rep.skipped[bs[0].path]
+    assert os.stat(keydir).st_ino == ino and os.listdir(keydir) == []
 
 
 def test_input_replaced_by_a_fifo_between_hashing_and_upload_falls_back(shm_root, src):
