@@ -15,18 +15,12 @@ import sys
 
 import pytest
 
+from test_faults import cluster  # noqa: F401  (the clean sshd cluster, private XDG cache)
+
 from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import InputsPolicy, NodeOverride, Policy
 
 HOSTS = ("rig-a", "rig-b")
-
-
-@pytest.fixture
-def cluster(ssh_cluster_clean, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    for k in ("PRNG_CACHE", "USE_RAMDISK", "PRNG_CACHE_POLICY", "PRNG_CACHE_ROOT"):
-        monkeypatch.delenv(k, raising=False)
-    return ssh_cluster_clean
 
 
 @pytest.fixture

@@ -59,3 +59,15 @@ def test_manifest_write_failing_after_uploads_reports_what_was_sent_and_cleans_u
     node.run("rm -f /dev/shm/filler")
     again = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
     assert again.status == "ok" and again.copied_files == 1
+
+
+def test_node_id_record_leaves_no_temporary_when_it_cannot_be_saved(tmp_path):
+    """A real failure of the final rename (nodes.json is a directory): the
+    record is best effort, but its temporary must not pile up."""
+    from prng_cache.staging import CacheIdRecord
+
+    (tmp_path / "nodes.json").mkdir()
+    rec = CacheIdRecord(str(tmp_path))
+    rec.swap("rig-a", "/dev/shm/prng", "abc")
+    rec.save()  # must not raise
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nodes.json"]
