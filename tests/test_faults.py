@@ -1,8 +1,8 @@
 """Issue 6, reliability and security: one test per failure case, on the real
-sshd test cluster (tests/sshcluster.py). The cache must never be the reason a
+sshd test cluster (prng_cache/testing/sshcluster.py). The cache must never be the reason a
 job fails, reads stale or foreign data, or a node's data is lost.
 
-The table in docs/failure-behaviour.md lists each case, what prng-cache does,
+The README's "Failure behaviour" table lists each case, what prng-cache does,
 and the test here (or elsewhere) that shows it. Faults are real (a killed
 sshd, a remounted tmpfs, a full tmpfs, SIGKILLed processes, planted links);
 wrappers around the transport are used only to hit a precise moment.

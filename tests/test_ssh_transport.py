@@ -16,7 +16,7 @@ import pytest
 
 from prng_cache.errors import HostKeyError, NodeSetupError, TransportError
 from prng_cache.transport.ssh import SSHTransport, resolve_target
-from sshcluster import write_distributed_config
+from prng_cache.testing.sshcluster import write_distributed_config
 
 q = shlex.quote
 MiB = 1 << 20
@@ -581,7 +581,8 @@ def svc_node(tmp_path):
     so it may read the cluster's root-only key files) with login shell
     /bin/false and a read-only home: a service account without a usable
     shell. The account exists only in the node's mount namespace."""
-    from sshcluster import ClusterUnavailable, SSHCluster, skip_or_fail
+    from conftest import skip_or_fail
+    from prng_cache.testing.sshcluster import ClusterUnavailable, SSHCluster
 
     c = SSHCluster(tmp_path / "svc-cluster", 1, tmpfs_size="8m", prefix="svc-")
     try:

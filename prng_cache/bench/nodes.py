@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import os
 import secrets
 import shlex
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable
 
 from ..cluster import Node, load_cluster, node_settings, open_transport
@@ -102,27 +100,6 @@ def ssh_argv(host: str, user: str | None, ssh_config: str | None) -> tuple[list[
     return ["ssh"] + opts + [target], ["scp", "-q"] + opts, target
 
 
-def _load_cluster_class():
-    """SSHCluster from prng_cache.testing, else from the checkout's tests/."""
-    try:
-        mod = importlib.import_module("prng_cache.testing.sshcluster")
-        return mod, "prng_cache.testing.sshcluster"
-    except ImportError:
-        pass
-    path = Path(__file__).resolve().parents[2] / "tests" / "sshcluster.py"
-    if not path.is_file():
-        return None, "SSH test cluster class not found (prng_cache.testing.sshcluster or tests/sshcluster.py)"
-    spec = importlib.util.spec_from_file_location("_prng_bench_sshcluster", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    except Exception as exc:  # noqa: BLE001 - any failure means "no cluster"
-        sys.modules.pop(spec.name, None)
-        return None, f"cannot load {path}: {exc}"
-    return mod, str(path)
-
-
 def _ssh_transport_available() -> str | None:
     try:
         importlib.import_module("prng_cache.transport.ssh")
@@ -141,13 +118,10 @@ def open_setup(*, config: str | None, policy_file: str | None, workdir: str, n_n
     why = _ssh_transport_available()
     if why is None and os.geteuid() != 0:
         why = "not root: cannot start an embedded sshd cluster"
-    mod = None
     if why is None:
-        mod, where = _load_cluster_class()
-        if mod is None:
-            why = where
-    if why is None:
-        progress("staging", f"starting a {n_nodes}-node sshd cluster ({where})")
+        from ..testing import sshcluster as mod
+
+        progress("staging", f"starting a {n_nodes}-node sshd cluster")
         cdir = os.path.join(workdir, "cluster")
         size_m = max(64, tmpfs_bytes // (1 << 20) + 1)
         with warnings.catch_warnings(record=True) as caught:

@@ -1,4 +1,4 @@
-"""A real SSH "cluster" on one machine, for tests (DESIGN.md §5).
+"""A real SSH "cluster" on one machine, for tests and `prng-cache bench`.
 
 Each node is an OpenSSH ``sshd`` listening on its own loopback address
 (``127.0.0.<10+i>``) and free port.  Where mount namespaces are permitted
@@ -22,7 +22,13 @@ and a warning says so.  Set ``SSHCLUSTER_SHARED_SHM=1`` to force that mode
 Nothing here touches the real ``~/.ssh``: the client key, ``known_hosts`` and
 ssh config live in the cluster's work directory.
 
-Typical use (see ``conftest.py`` for the session fixture)::
+It never imports pytest (the bench runs it without); the pytest glue, skip
+in a dev checkout or fail in CI when sshd cannot start, is in
+``tests/conftest.py``. The only processes it signals are the sshd listeners
+it started and their descendants (sessions call setsid(), so only the
+process tree finds them).
+
+Typical use (see ``tests/conftest.py`` for the session fixture)::
 
     cluster = SSHCluster(tmp_dir, n_nodes=3, tmpfs_size="64m")
     cluster.start()                    # raises ClusterUnavailable(reason)
@@ -56,8 +62,6 @@ __all__ = [
     "SSHCluster",
     "SSHNode",
     "SharedShmWarning",
-    "ci_enforced",
-    "skip_or_fail",
     "write_distributed_config",
 ]
 
@@ -68,20 +72,6 @@ class ClusterUnavailable(RuntimeError):
 
 class SharedShmWarning(UserWarning):
     """Mount namespaces are not permitted: nodes share the machine's /dev/shm."""
-
-
-def ci_enforced() -> bool:
-    """True when running in CI (env ``CI=true``): SSH tests must run, not skip."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def skip_or_fail(reason: str) -> None:
-    """``pytest.fail`` in CI, ``pytest.skip`` elsewhere."""
-    import pytest
-
-    if ci_enforced():
-        pytest.fail(f"SSH test cluster unavailable (CI=true, must not skip): {reason}")
-    pytest.skip(f"SSH test cluster unavailable: {reason}")
 
 
 # --------------------------------------------------------------- utilities
