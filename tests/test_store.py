@@ -363,8 +363,8 @@ def test_a_lock_watched_unchanged_for_stale_lock_is_broken(shm_root, src, monkey
         clock[0] += 5.0  # every look at the clock: 5 s later
         return clock[0]
 
-    monkeypatch.setattr("prng_cache.store.time.monotonic", fake_monotonic)
-    monkeypatch.setattr("prng_cache.store.time.sleep", lambda s: None)
+    monkeypatch.setattr("prng_cache.locking.time.monotonic", fake_monotonic)
+    monkeypatch.setattr("prng_cache.locking.time.sleep", lambda s: None)
     with store.lock(timeout=1000):
         pass
     assert not os.path.exists(os.path.join(shm_root, ".lock"))
@@ -492,10 +492,10 @@ def test_a_breaker_never_removes_a_lock_taken_after_its_judgement(shm_root, src)
     judged = store.t.lstat(lock).mtime
     os.rmdir(lock)
     os.mkdir(lock)  # B's fresh lock
-    store._break_lock(lock, judged)
+    store.manifest_lock().break_stale(judged)
     assert os.path.isdir(lock)
     assert not os.path.exists(os.path.join(shm_root, ".lock.break"))
-    store._break_lock(lock, store.t.lstat(lock).mtime)  # judged stale itself: removed
+    store.manifest_lock().break_stale(store.t.lstat(lock).mtime)  # judged stale itself: removed
     assert not os.path.exists(lock)
 
 
