@@ -31,15 +31,18 @@ import yaml
 
 from prng_cache import cli
 from prng_cache.cluster import Node
-from prng_cache.gc import gc_node, verify_node
 from prng_cache.hashing import Hasher
 from prng_cache.inputs import discover
+from prng_cache.localstate import CacheIdRecord
+from prng_cache.maintenance import gc_node, verify_node
 from prng_cache.manifest import MANIFEST_NAME, Manifest, decode, is_key
+from prng_cache.nodeops import run_on_node
 from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeOverride, Policy, load_policy
-from prng_cache.testing.faults import Tap
-from prng_cache.staging import CacheIdRecord, NodeReport, held_inputs, run_on_node, stage_cluster
+from prng_cache.reports import NodeReport
+from prng_cache.staging import held_inputs, stage_cluster
 from prng_cache.store import LeaseRequest, NodeStore
+from prng_cache.testing.faults import Tap
 from prng_cache.transport.ssh import SSHTransport
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ import msgpack
 import pytest
 
 from prng_cache.errors import UnsafeCacheRootError
-from prng_cache.gc import gc_node, status_node, verify_node
 from prng_cache.inputs import discover
+from prng_cache.maintenance import gc_node, status_node, verify_node
 from prng_cache.manifest import MANIFEST_NAME, decode
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeSettings
 from prng_cache.staging import held_inputs, stage_node
@@ -473,7 +473,7 @@ def test_directories_with_wrong_name_format_are_ignored(shm_root, src):
     os.mkdir(os.path.join(shm_root, bs[0].key.upper()))
     snap = make_store(shm_root).load()
     assert set(snap.manifest.entries) == {bs[0].key} and snap.untracked == []
-    from prng_cache.gc import gc_node as _gc
+    from prng_cache.maintenance import gc_node as _gc
     _gc(make_store(shm_root), remove_all=True)
     # not ours to delete: names outside the cache's formats are left alone
     assert os.path.isdir(os.path.join(shm_root, "not-a-hash"))
