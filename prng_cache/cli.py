@@ -44,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"prng-cache {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_common_options()]
+    one_node = argparse.ArgumentParser(add_help=False)
+    one_node.add_argument("--node", metavar="HOST", help="only this node")
+    common_node = [*common, one_node]
 
-    p = sub.add_parser("stage", parents=common, help="copy the jobs' missing inputs to every node")
+    p = sub.add_parser("stage", parents=common_node, help="copy the jobs' missing inputs to every node")
     p.add_argument("--jobs-file", required=True, metavar="FILE")
     p.add_argument("--min-jobs", type=int, metavar="N",
                    help="stage inputs used by at least N jobs (default: policy inputs.min_jobs)")
-    p.add_argument("--node", metavar="HOST", help="only this node")
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("rewrite", parents=common, help="print the jobs with args pointing at a node's RAM copies")
@@ -57,18 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, metavar="HOST")
     p.set_defaults(func=cmd_rewrite)
 
-    p = sub.add_parser("status", parents=common, help="entries, bytes, /dev/shm use, leases per node")
-    p.add_argument("--node", metavar="HOST")
+    p = sub.add_parser("status", parents=common_node, help="entries, bytes, /dev/shm use, leases per node")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("gc", parents=common, help="evict entries by policy (never leased ones)")
-    p.add_argument("--node", metavar="HOST")
+    p = sub.add_parser("gc", parents=common_node, help="evict entries by policy (never leased ones)")
     p.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     p.add_argument("--all", action="store_true", help="remove every unleased entry")
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("verify", parents=common, help="rehash every entry; exit 1 when corruption is found")
-    p.add_argument("--node", metavar="HOST")
+    p = sub.add_parser("verify", parents=common_node, help="rehash every entry; exit 1 when corruption is found")
     p.add_argument("--fix", action="store_true", help="remove corrupt entries")
     p.set_defaults(func=cmd_verify)
 
