@@ -291,13 +291,10 @@ class CacheRoot:
             for name in names:
                 if name in snap.manifest.entries or name not in snap.listing:
                     continue
-                grave = self.path(self.trash_name())
-                try:
-                    self.t.rename(self.path(name), grave)
-                except FileNotFoundError:
-                    continue
-                graves.append(grave)
-                removed.append(name)
+                grave = self._to_trash(name)
+                if grave is not None:
+                    graves.append(grave)
+                    removed.append(name)
         self.empty_trash(graves)
         return removed
 
@@ -335,19 +332,20 @@ class CacheRoot:
         """Rename hash directories, already dropped from the manifest, into
         trash. Call under the lock: a reader never sees a half-deleted entry
         and a stager never records a directory that is going away."""
-        graves = []
-        for key in keys:
-            grave = self.path(self.trash_name())
-            try:
-                self.t.rename(self.path(key), grave)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    continue
-                raise
-            graves.append(grave)
-        return graves
+        return [g for g in map(self._to_trash, keys) if g is not None]
+
+    def _to_trash(self, name: str) -> str | None:
+        """Rename ``name`` to a fresh trash path and return that path; None
+        when it is already gone."""
+        grave = self.path(self.trash_name())
+        try:
+            self.t.rename(self.path(name), grave)
+        except OSError as exc:
+            # some transports report a vanished source only by errno
+            if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+                return None
+            raise
+        return grave
 
     def empty_trash(self, paths: list[str]) -> None:
         for path in paths:
