@@ -11,7 +11,6 @@ affected jobs keep their original arguments and the reason is logged.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -46,7 +45,6 @@ class PrngCachePlugin:
         self.fallback: set[str] = set()
         self.stage_seconds = 0.0
         self.start_error: str | None = None
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ run start
     @hookimpl
