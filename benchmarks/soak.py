@@ -77,12 +77,6 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def xxh(data: bytes) -> str:
-    h = Hasher()
-    h.update(data)
-    return h.hexdigest()
-
-
 class Soak:
     def __init__(self, workdir: Path, seed: int, tmpfs: str):
         self.rng = random.Random(seed)
@@ -403,7 +397,7 @@ class Soak:
             for name, want in e.files.items():
                 if name not in files:
                     problems.append({"what": "manifest file missing on disk", "detail": f"{host}: {key}/{name}"})
-                elif xxh(self._node_bytes(node, f"{root}/{key}/{name}")) != want:
+                elif Hasher(self._node_bytes(node, f"{root}/{key}/{name}")).hexdigest() != want:
                     problems.append({"what": "cached file content differs", "detail": f"{host}: {key}/{name}"})
         untracked = sorted(on_disk - set(m.entries))
         junk = [n for n in names if n.startswith((".tmp-", ".trash-", ".lock"))]

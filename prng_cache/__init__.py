@@ -2,7 +2,13 @@
 
 Public API (everything else is internal and may change)::
 
-    from prng_cache import load_policy, load_cluster, load_jobs, discover, stage_cluster
+    from prng_cache import load_policy, load_cluster, load_jobs, plan_run
+
+    plan = plan_run(load_jobs("jobs.json"), load_cluster("distributed_config.json"), load_policy())
+    reports = plan.stage()  # host -> NodeReport
+
+(``discover`` and ``stage_cluster`` are the two halves of ``plan_run`` and
+``RunPlan.stage``, for callers that build their own bundles.)
 """
 
 from __future__ import annotations
@@ -22,16 +28,20 @@ from .errors import (
     UnsafeCacheRootError,
     UserError,
 )
-from .inputs import Bundle, Discovery, discover
+from .inputs import Discovery, discover
 from .jobs import load_jobs
+from .model import Bundle
 from .policy import Policy, load_policy
+from .reports import NodeReport
 from .rewrite import rewrite_args
-from .staging import NodeReport, stage_cluster
+from .run import RunPlan, plan_run
+from .staging import stage_cluster
 
 __all__ = [
     "__version__",
     "Bundle", "ConfigError", "Discovery", "HashError", "HostKeyError", "JobsFileError", "Node",
-    "NodeError", "NodeReport", "Policy", "PolicyError", "PrngCacheError", "TransportError",
+    "NodeError", "NodeReport", "Policy", "PolicyError", "PrngCacheError", "RunPlan", "TransportError",
     "UnsafeCacheRootError", "UserError",
-    "as_node", "discover", "load_cluster", "load_jobs", "load_policy", "rewrite_args", "stage_cluster",
+    "as_node", "discover", "load_cluster", "load_jobs", "load_policy", "plan_run", "rewrite_args",
+    "stage_cluster",
 ]

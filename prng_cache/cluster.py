@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import threading
@@ -15,6 +14,7 @@ from .errors import ConfigError, UnknownNodeError
 from .policy import NodeSettings, Policy
 from .transport.base import Transport
 from .transport.names import hostname_problem, username_problem
+from .userdata import attr, load_json
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +39,20 @@ class Node:
         return self.hostname in LOCALHOST_NAMES
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
 def as_node(obj: Any) -> Node:
-    """A Node from the coordinator's NodeConfig, a plain dict, or a Node."""
+    """A Node from the coordinator's NodeConfig, a plain dict (a cluster
+    file's entry), or a Node."""
     if isinstance(obj, Node):
         return obj
     return Node(
-        hostname=str(_get(obj, "hostname")),
-        username=_get(obj, "username"),
-        script_path=_get(obj, "script_path", ".") or ".",
-        python_env=_get(obj, "python_env", "python3") or "python3",
-        gpu_count=_get(obj, "gpu_count", 0) or 0,
-        gpu_type=_get(obj, "gpu_type", "") or "",
-        max_concurrent=_get(obj, "max_concurrent", _get(obj, "max_concurrent_script_jobs", 1)) or 1,
-        use_ramdisk=_get(obj, "use_ramdisk"),
+        hostname=str(attr(obj, "hostname")),
+        username=attr(obj, "username"),
+        script_path=attr(obj, "script_path", ".") or ".",
+        python_env=attr(obj, "python_env", "python3") or "python3",
+        gpu_count=attr(obj, "gpu_count", 0) or 0,
+        gpu_type=attr(obj, "gpu_type", "") or "",
+        max_concurrent=attr(obj, "max_concurrent", attr(obj, "max_concurrent_script_jobs", 1)) or 1,
+        use_ramdisk=attr(obj, "use_ramdisk"),
     )
 
 
@@ -77,17 +72,7 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
 
 def load_cluster(path: str) -> list[Node]:
     """Parse the users' cluster file; every problem names file and key."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ConfigError(path, None, "file not found (pass --config PATH)") from None
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(path, f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}") from None
+    doc = load_json(path, ConfigError, missing="file not found (pass --config PATH)")
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise ConfigError(path, "nodes", 'expected an object {"nodes": [...]}')
     base = os.path.dirname(os.path.abspath(path))
@@ -130,16 +115,8 @@ def load_cluster(path: str) -> list[Node]:
         if not script_path.startswith("/") and not script_path.startswith("~"):
             # relative script paths are relative to the cluster file
             script_path = os.path.normpath(os.path.join(base, script_path))
-        nodes.append(Node(
-            hostname=host,
-            username=raw.get("username"),
-            script_path=script_path,
-            python_env=raw.get("python_env") or "python3",
-            gpu_count=raw.get("gpu_count") or 0,
-            gpu_type=raw.get("gpu_type") or "",
-            max_concurrent=raw.get("max_concurrent_script_jobs") or 1,
-            use_ramdisk=raw.get("use_ramdisk"),
-        ))
+        # only the keys checked above: anything else in the entry is not ours
+        nodes.append(as_node({**{k: raw[k] for k in _FIELDS if k in raw}, "script_path": script_path}))
     return nodes
 
 

@@ -17,35 +17,12 @@ from typing import Any, TypeVar
 
 from .errors import HashError
 from .hashing import HashMemo, bundle_key, hash_and_stat
-from .manifest import is_safe_name
 from .jobs import job_args, job_expected_output, job_id
+from .model import Bundle, BundleFile, is_safe_name
 from .policy import InputsPolicy
 from .rewrite import iter_path_tokens, resolve
 
 V = TypeVar("V")
-
-
-@dataclass(frozen=True)
-class BundleFile:
-    name: str  # basename on the node
-    src: str  # coordinator path
-    size: int
-    hash: str
-
-
-@dataclass(frozen=True)
-class Bundle:
-    key: str  # directory name on the node: file hash, or bundle_key(...) with companions
-    path: str  # resolved coordinator path of the input
-    name: str  # its basename, kept so workers pick the format by extension
-    files: tuple[BundleFile, ...]  # the input first, then companions
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def ram_path(self, cache_root: str) -> str:
-        return f"{cache_root.rstrip('/')}/{self.key}/{self.name}"
 
 
 @dataclass

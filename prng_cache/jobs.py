@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 from .errors import JobsFileError
+from .userdata import attr, load_json, type_name
 
 _MISSING = object()
-
-
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string",
-            list: "list", dict: "object"}.get(type(v), type(v).__name__)
 
 
 def _is_num(v: Any) -> bool:
@@ -42,25 +34,14 @@ _FIELDS: dict[str, tuple[bool, Any, str]] = {
 
 def load_jobs(path: str) -> list[dict]:
     """Read and validate a jobs file; errors name the file, location and expectation."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise JobsFileError(path, None, "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise JobsFileError(path, None, f"cannot read: {getattr(e, 'strerror', None) or e}") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise JobsFileError(path, f"line {e.lineno} column {e.colno}",
-                            f"not valid JSON: {e.msg}") from None
+    data = load_json(path, JobsFileError)
     if not isinstance(data, list):
-        raise JobsFileError(path, None, f"expected a JSON list of jobs, got {_type_name(data)}")
+        raise JobsFileError(path, None, f"expected a JSON list of jobs, got {type_name(data)}")
     seen: dict[str, int] = {}
     for i, job in enumerate(data):
         where = f"jobs[{i}]"
         if not isinstance(job, dict):
-            raise JobsFileError(path, where, f"expected an object, got {_type_name(job)}")
+            raise JobsFileError(path, where, f"expected an object, got {type_name(job)}")
         for name, (required, ok, expected) in _FIELDS.items():
             v = job.get(name, _MISSING)
             if v is _MISSING:
@@ -68,11 +49,11 @@ def load_jobs(path: str) -> list[dict]:
                     raise JobsFileError(path, f"{where}.{name}", f"missing; expected {expected}")
             elif not ok(v):
                 raise JobsFileError(path, f"{where}.{name}",
-                                    f"expected {expected}, got {_type_name(v)}")
+                                    f"expected {expected}, got {type_name(v)}")
         for k, a in enumerate(job["args"]):
             if not (isinstance(a, str) or _is_num(a)):
                 raise JobsFileError(path, f"{where}.args[{k}]",
-                                    f"expected a string or number, got {_type_name(a)}")
+                                    f"expected a string or number, got {type_name(a)}")
         # Ids name job_<id>.json and key per-job bookkeeping: 7 and "7" collide.
         jid = str(job["job_id"])
         if jid in seen:
@@ -82,15 +63,9 @@ def load_jobs(path: str) -> list[dict]:
     return data
 
 
-def _get(job: Any, name: str) -> Any:
-    if isinstance(job, Mapping):
-        return job.get(name)
-    return getattr(job, name, None)
-
-
 def job_id(job: Any) -> str:
     """The job's id as a string (ids may be int or str in the file)."""
-    return str(_get(job, "job_id"))
+    return str(attr(job, "job_id"))
 
 
 def job_args(job: Any) -> list[Any]:
@@ -98,9 +73,9 @@ def job_args(job: Any) -> list[Any]:
 
     Items are never converted: only string items can be paths, and a number,
     None or dict must reach the job as itself, not as its str()."""
-    return list(_get(job, "args") or ())
+    return list(attr(job, "args") or ())
 
 
 def job_expected_output(job: Any) -> str | None:
-    v = _get(job, "expected_output")
+    v = attr(job, "expected_output")
     return None if v is None else str(v)

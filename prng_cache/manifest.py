@@ -10,36 +10,18 @@ and the store starts a fresh one.
 from __future__ import annotations
 
 import math
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
 
 import msgpack
 
+from .model import is_key, is_safe_name
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.msgpack"
 # a manifest larger than this is not ours (entries are ~150 bytes each)
 MAX_MANIFEST_BYTES = 64 << 20
-
-KEY_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-def is_key(name: str) -> bool:
-    return bool(KEY_RE.match(name))
-
-
-def is_safe_name(name: str) -> bool:
-    """A file name that can only ever mean one file inside a hash directory."""
-    return (
-        isinstance(name, str)
-        and 0 < len(name) <= 255
-        and "/" not in name
-        and "\0" not in name
-        and name not in (".", "..")
-        # names the layout reserves: temporaries and ownership markers
-        and not name.startswith((".tmp-", ".trash-", ".prng-"))
-    )
 
 
 @dataclass

@@ -21,7 +21,10 @@ import re
 from collections.abc import Collection, Container, Iterator, Mapping, Sequence
 from typing import Any
 
-DEFAULT_OUTPUT_FLAGS: tuple[str, ...] = ("--output-file", "--output", "-o")
+from .policy import InputsPolicy
+
+#: the policy's default ``inputs.output_flags``: one definition, in policy.py
+DEFAULT_OUTPUT_FLAGS: tuple[str, ...] = InputsPolicy().output_flags
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Decimal numbers only: "nan"/"inf" are legal file names, not numbers here.

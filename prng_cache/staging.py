@@ -3,70 +3,34 @@ one locked manifest update per node. Per-node failures become reports."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import cancel
-from .cluster import Node, connection_identity, fan_out, node_settings, open_transport
-from .errors import IntegrityError, NodeError, TransportError
-from .inputs import Bundle
+from .cluster import Node, connection_identity, node_settings
+from .errors import IntegrityError, TransportError
+from .model import Bundle
+from .nodeops import fan_out_nodes, run_on_node
 from .policy import Policy
+from .reports import NodeReport, fmt_bytes
 from .store import LeaseRequest, NodeStore, Published, ensure_node_error
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .localstate import CacheIdRecord
 
-R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 #: progress callback: (host, event, detail) — the CLI prints, the library never does
 Progress = Callable[[str, str, dict], None]
 
 
-@dataclass
-class NodeReport:
-    host: str
-    status: str  # ok | fallback | error | direct | off
-    copied_files: int = 0
-    copied_bytes: int = 0
-    present_files: int = 0
-    present_bytes: int = 0
-    reason: str | None = None
-    cache_root: str | None = None
-    cache_id: str | None = None
-    # coordinator path -> RAM path on this node, for every input it can serve
-    staged: dict[str, str] = field(default_factory=dict)
-    # coordinator path -> why this node will read it from its original path
-    skipped: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "copied_files": self.copied_files,
-            "copied_bytes": self.copied_bytes,
-            "present_files": self.present_files,
-            "present_bytes": self.present_bytes,
-            "reason": self.reason,
-            "cache_root": self.cache_root,
-            "cache_id": self.cache_id,
-            "skipped": dict(self.skipped),
-            "warnings": list(self.warnings),
-            "seconds": round(self.seconds, 4),
-        }
-
-
-def _noop(host: str, event: str, detail: dict) -> None:
+def no_progress(host: str, event: str, detail: dict) -> None:
     pass
 
 
 def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest | None = None,
-               progress: Progress = _noop) -> NodeReport:
+               progress: Progress = no_progress) -> NodeReport:
     """Make the node hold every bundle that fits; report what it can serve.
 
     Raises NodeError/TransportError only for node-wide failures (unsafe root,
@@ -229,36 +193,10 @@ def held_inputs(store: NodeStore, bundles: list[Bundle]) -> dict[str, str]:
     return out
 
 
-def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R]) -> R | NodeReport:
-    """Open the node, run fn on its store and return fn's result.
-
-    A node in direct/off mode is not contacted, and any failure (unreachable,
-    unsafe root, connection lost...) is logged and turned into an ``error``
-    report: in both cases a NodeReport comes back instead of fn's result."""
-    settings = node_settings(policy, node)
-    if settings.mode != "cache":
-        return NodeReport(host=node.hostname, status=settings.mode, cache_root=settings.cache_root,
-                          reason=None if policy.enabled else "cache disabled (PRNG_CACHE=0 / USE_RAMDISK=false)")
-    try:
-        with open_transport(node, policy) as t, cancel.tracked(t):
-            return fn(NodeStore(t, settings, policy.gc))
-    except Exception as exc:  # never let one node take the others down
-        if cancel.cancelled():  # aborted by Ctrl-C: not this node's fault
-            log.debug("%s: interrupted: %s", node.hostname, exc)
-            return NodeReport(host=node.hostname, status="error", cache_root=settings.cache_root,
-                              reason="interrupted")
-        err = ensure_node_error(exc, node.hostname)
-        if not isinstance(exc, (NodeError, OSError)):
-            log.exception("%s: unexpected error", node.hostname)
-        log.warning("%s: error: %s", node.hostname, err.problem)
-        return NodeReport(host=node.hostname, status="error", cache_root=settings.cache_root, reason=err.problem)
-
-
 def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]], policy: Policy, *,
-                  lease: LeaseRequest | None = None, progress: Progress = _noop,
-                  ids: "CacheIdRecord | None" = None) -> dict[str, NodeReport]:
+                  lease: LeaseRequest | None = None, progress: Progress = no_progress,
+                  ids: CacheIdRecord | None = None) -> dict[str, NodeReport]:
     """Stage every node in parallel (bounded by transport.parallel_nodes)."""
-    cancel.reset()  # an earlier interrupt of this (long-lived) process is over
 
     def one(node: Node) -> NodeReport:
         progress(node.hostname, "start", {})
@@ -295,13 +233,9 @@ def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]]
                     seen.setdefault(b.path, b)
             return list(seen.values())
 
-    try:
-        reports = fan_out(leaders, one, policy.transport.parallel_nodes)
-    except KeyboardInterrupt:
-        # uploads were aborted (fan_out): leave no half-copied temporaries in
-        # the nodes' RAM, then let the interrupt go on
-        remove_own_temporaries(leaders, policy)
-        raise
+    # Ctrl-C: uploads aborted, this process's temporaries removed from the
+    # nodes, the interrupt goes on (fan_out_nodes)
+    reports = fan_out_nodes(leaders, policy, one)
     if ids is not None:
         ids.save()
     out: dict[str, NodeReport] = {}
@@ -325,84 +259,3 @@ def _cache_identity(node: Node, policy: Policy) -> Any:
         return (connection_identity(node, policy), settings.cache_root.rstrip("/"))
     except Exception:
         return ("own", node.hostname)
-
-
-def remove_own_temporaries(nodes: list[Node], policy: Policy, wait: float | None = None) -> dict[str, int]:
-    """After an interrupt: on every node it can reach (fresh connections, in
-    parallel, bounded by ``transport.connect_timeout`` + a few seconds),
-    delete this process's temporaries. Further interrupts do not stop it."""
-    done: dict[str, int] = {}
-
-    def clean(node: Node) -> None:
-        settings = node_settings(policy, node)
-        if settings.mode != "cache":
-            return
-        try:
-            with open_transport(node, policy) as t:
-                store = NodeStore(t, settings, policy.gc)
-                if store.ensure_root(create=False):
-                    done[node.hostname] = len(store.remove_own_temporaries())
-        except Exception as exc:
-            log.info("%s: could not remove temporaries after the interrupt: %s", node.hostname, exc)
-
-    threads = [threading.Thread(target=clean, args=(n,), daemon=True) for n in nodes]
-    deadline = time.monotonic() + (wait if wait is not None else float(policy.transport.connect_timeout) + 5.0)
-    for th in threads:
-        th.start()
-    for th in threads:
-        while th.is_alive() and time.monotonic() < deadline:
-            try:
-                th.join(max(0.0, min(0.1, deadline - time.monotonic())))
-            except KeyboardInterrupt:
-                continue  # a second Ctrl-C: the clean-up is already bounded
-    return done
-
-
-class CacheIdRecord:
-    """Coordinator-side memory of each node's cache_id, to tell the user when
-    a node's cache was wiped (reboot) since the last stage. Best effort."""
-
-    def __init__(self, directory: str | None = None):
-        self.path = os.path.join(directory or cache_dir(), "nodes.json")
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                self.ids: dict[str, str] = dict(json.load(f))
-        except (OSError, ValueError, TypeError):
-            self.ids = {}
-        self._dirty = False
-
-    def swap(self, host: str, root: str, cache_id: str) -> str | None:
-        key = f"{host}:{root}"
-        old = self.ids.get(key)
-        if old != cache_id:
-            self.ids[key] = cache_id
-            self._dirty = True
-        return old
-
-    def save(self) -> None:
-        if not self._dirty:
-            return
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.ids, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.debug("cannot save %s: %s", self.path, exc)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)  # a full cache directory must not collect these
-
-
-def cache_dir() -> str:
-    """The user's prng-cache directory on the coordinator (hash memo, ids)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "prng-cache")
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

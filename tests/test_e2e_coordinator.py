@@ -3,11 +3,8 @@ nodes with prng-cache registered as its plugin."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -15,136 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from coordinator_env import E2E, REMOTES, CoordinatorEnv
+
 from prng_cache.hookspecs import hookimpl
 
 REPO = Path(__file__).resolve().parent.parent
-E2E = Path(__file__).resolve().parent / "e2e"
-REMOTES = ("rig-a", "rig-b")
-
-
-def load_coordinator():
-    sys.path.insert(0, str(E2E))
-    try:
-        import scripts_coordinator
-
-        return importlib.reload(scripts_coordinator)
-    finally:
-        sys.path.remove(str(E2E))
-
-
-class Env:
-    """A work directory shared by every node (the users' synced script_path),
-    its cluster file, jobs file and policy, and the coordinator."""
-
-    def __init__(self, cluster, tmp_path, monkeypatch):
-        self.cluster = cluster
-        self.work = tmp_path / "work"
-        (self.work / "data").mkdir(parents=True)
-        for f in ("distributed_worker.py", "trial_worker.py"):
-            shutil.copy(E2E / f, self.work / f)
-        d = self.work / "data"
-        (d / "bidirectional_survivors.npz").write_bytes(os.urandom(120_000))
-        (d / "optimal_window_config.json").write_text('{"window": 7}')
-        (self.work / "train_history.json").write_text(json.dumps(list(range(3000))))
-        (d / "holdout_history.json").write_text(json.dumps(list(range(700))))
-        self.config = cluster.write_distributed_config(
-            tmp_path / "distributed_config.json", [cluster[h] for h in REMOTES],
-            script_path=str(self.work), python_env=sys.executable, include_localhost=True)
-        self.policy = tmp_path / "cache_policy.yaml"
-        self.write_policy()
-        monkeypatch.setenv("PRNG_CACHE_POLICY", str(self.policy))
-        monkeypatch.delenv("PRNG_CACHE", raising=False)
-        monkeypatch.delenv("USE_RAMDISK", raising=False)
-        self.jobs = tmp_path / "jobs.json"
-        self.write_jobs()
-        self.mod = load_coordinator()
-        self.run_no = 0
-
-    def root(self, host: str) -> str:
-        return f"{self.cluster[host].shm}/prng"
-
-    def write_policy(self, extra: str = "") -> None:
-        nodes = "".join(f"  {h}:\n    cache_root: {self.root(h)}\n" for h in REMOTES)
-        self.policy.write_text(
-            "inputs:\n  companions:\n    \"*survivors*.npz\": [optimal_window_config.json]\n"
-            f"transport:\n  ssh_config: {self.cluster.ssh_config}\n"
-            f"  known_hosts: {self.cluster.known_hosts}\n  connect_timeout: 5s\n"
-            f"nodes:\n{nodes}{extra}")
-
-    def write_jobs(self, n: int = 6) -> None:
-        """Jobs in the three argument shapes, round-robin over 3 nodes."""
-        shapes = [
-            lambda i: ["data/bidirectional_survivors.npz", "train_history.json",
-                       str(self.work / "data/holdout_history.json"), str(i), '{"lr": 0.1}',
-                       "--optuna-study-db", "sqlite:///./optuna_studies/x.db",
-                       "--output-file", f"results/out_{i}.json"],
-            lambda i: ["--survivors", "data/bidirectional_survivors.npz",
-                       f"--train-history={self.work}/train_history.json",
-                       "--holdout-history", "data/holdout_history.json", "-o", f"results/out_{i}.json"],
-            lambda i: ["data/bidirectional_survivors.npz", "--train=train_history.json", "--holdout", "data/holdout_history.json",
-                       f"--output-file=results/out_{i}.json"],
-        ]
-        jobs = [{"job_id": f"t{i}", "script": "trial_worker.py", "args": shapes[i % 3](i),
-                 "expected_output": f"results/out_{i}.json", "timeout": 60} for i in range(n)]
-        self.jobs.write_text(json.dumps(jobs))
-
-    def run(self, *extra_plugins):
-        self.run_no += 1
-        shutil.rmtree(self.work / "results", ignore_errors=True)
-        for p in extra_plugins:
-            self.mod.plugins.register(p)
-        try:
-            c = self.mod.ScriptsCoordinator(str(self.config), str(self.jobs), ssh_config=str(self.cluster.ssh_config),
-                                            run_id=f"run-{self.run_no}", manifest_path=str(self.work / "run.json"))
-            out = c.run()
-        finally:
-            for p in extra_plugins:
-                self.mod.plugins.unregister(p)
-        (report,) = [r for r in out["plugins"] if r.get("plugin") == "prng_cache"]
-        return c, out, report
-
-    def reads(self, job_id: str) -> dict:
-        i = int(job_id[1:])
-        return json.loads((self.work / f"results/out_{i}.json").read_text())["inputs"]
-
-    def source(self, name: str) -> bytes:
-        p = self.work / name if (self.work / name).exists() else self.work / "data" / name
-        return p.read_bytes()
-
-
-def sha(b: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(b).hexdigest()
 
 
 @pytest.fixture
 def env(ssh_cluster_clean, tmp_path, monkeypatch):
-    return Env(ssh_cluster_clean, tmp_path, monkeypatch)
-
-
-def check_reads(env: Env, coordinator, *, ram_hosts=REMOTES):
-    """Every job read the right bytes; remote jobs read them from RAM."""
-    for host, jid, args in coordinator.commands:
-        reads = env.reads(jid)
-        assert len(reads) == 3, reads
-        for path, info in reads.items():
-            name = os.path.basename(path)
-            assert info["sha256"] == sha(env.source(name)), (jid, path)
-            if host in ram_hosts:
-                assert path.startswith(env.root(host) + "/"), (host, jid, path)
-            else:
-                assert not path.startswith("/dev/shm"), (host, jid, path)
-            if name.endswith(".npz"):
-                comp = info["companion"]
-                assert os.path.dirname(comp["path"]) == os.path.dirname(path)
-                assert comp["sha256"] == sha(env.source("optimal_window_config.json"))
+    return CoordinatorEnv(ssh_cluster_clean, tmp_path, monkeypatch)
 
 
 def test_remote_jobs_read_ram_copies_in_every_argument_shape(env):
     c, out, rep = env.run()
     assert out["failed"] == []
-    check_reads(env, c)
+    env.check_reads(c)
     assert {h for h, _, _ in c.commands} == {"localhost", *REMOTES}
     assert rep["rewritten_jobs"] == 4 and rep["fallback_jobs"] == 0
     for h in REMOTES:
@@ -165,7 +48,7 @@ def test_second_run_copies_nothing_and_changed_input_is_the_only_recopy(env):
     assert out["failed"] == []
     for h in REMOTES:
         assert rep["nodes"][h]["copied_files"] == 1 and rep["nodes"][h]["present_files"] == 3
-    check_reads(env, c)  # nobody read the stale history
+    env.check_reads(c)  # nobody read the stale history
 
 
 def test_node_failing_its_stage_runs_its_jobs_from_ssd(env):
@@ -175,7 +58,7 @@ def test_node_failing_its_stage_runs_its_jobs_from_ssd(env):
     assert out["failed"] == []
     assert rep["nodes"]["rig-b"]["status"] == "error" and "0777" in rep["nodes"]["rig-b"]["reason"]
     assert rep["nodes"]["rig-a"]["status"] == "ok"
-    check_reads(env, c, ram_hosts=("rig-a",))
+    env.check_reads(c, ram_hosts=("rig-a",))
     assert rep["fallback_jobs"] == 2
     assert node.run(f"ls -A {env.root('rig-b')}").stdout == ""
 
@@ -204,7 +87,7 @@ def test_wiped_between_stage_and_dispatch_job_retried_on_localhost(env):
     # next run detects the wipe and restages everything on that node
     c, out, rep = env.run()
     assert out["failed"] == [] and rep["nodes"]["rig-a"]["copied_files"] == 4
-    check_reads(env, c)
+    env.check_reads(c)
 
 
 class GcDuringRun:
@@ -229,7 +112,7 @@ def test_gc_during_a_run_keeps_leased_inputs(env):
     for h in REMOTES:
         assert doc[h]["removed"] == 0 and doc[h]["kept_leased"] == 3
     assert out["failed"] == []
-    check_reads(env, c)
+    env.check_reads(c)
 
 
 def test_expired_lease_of_a_crashed_run_is_reclaimed(env):

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from prng_cache.gc import gc_node
 from prng_cache.inputs import discover
+from prng_cache.maintenance import gc_node
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeSettings
 from prng_cache.staging import stage_node
 from prng_cache.store import LeaseRequest, NodeStore

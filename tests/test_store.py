@@ -11,8 +11,8 @@ import msgpack
 import pytest
 
 from prng_cache.errors import UnsafeCacheRootError
-from prng_cache.gc import gc_node, status_node, verify_node
 from prng_cache.inputs import discover
+from prng_cache.maintenance import gc_node, status_node, verify_node
 from prng_cache.manifest import MANIFEST_NAME, decode
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeSettings
 from prng_cache.staging import held_inputs, stage_node
@@ -363,8 +363,8 @@ def test_a_lock_watched_unchanged_for_stale_lock_is_broken(shm_root, src, monkey
         clock[0] += 5.0  # every look at the clock: 5 s later
         return clock[0]
 
-    monkeypatch.setattr("prng_cache.store.time.monotonic", fake_monotonic)
-    monkeypatch.setattr("prng_cache.store.time.sleep", lambda s: None)
+    monkeypatch.setattr("prng_cache.locking.time.monotonic", fake_monotonic)
+    monkeypatch.setattr("prng_cache.locking.time.sleep", lambda s: None)
     with store.lock(timeout=1000):
         pass
     assert not os.path.exists(os.path.join(shm_root, ".lock"))
@@ -473,7 +473,7 @@ def test_directories_with_wrong_name_format_are_ignored(shm_root, src):
     os.mkdir(os.path.join(shm_root, bs[0].key.upper()))
     snap = make_store(shm_root).load()
     assert set(snap.manifest.entries) == {bs[0].key} and snap.untracked == []
-    from prng_cache.gc import gc_node as _gc
+    from prng_cache.maintenance import gc_node as _gc
     _gc(make_store(shm_root), remove_all=True)
     # not ours to delete: names outside the cache's formats are left alone
     assert os.path.isdir(os.path.join(shm_root, "not-a-hash"))
@@ -492,10 +492,10 @@ def test_a_breaker_never_removes_a_lock_taken_after_its_judgement(shm_root, src)
     judged = store.t.lstat(lock).mtime
     os.rmdir(lock)
     os.mkdir(lock)  # B's fresh lock
-    store._break_lock(lock, judged)
+    store.manifest_lock().break_stale(judged)
     assert os.path.isdir(lock)
     assert not os.path.exists(os.path.join(shm_root, ".lock.break"))
-    store._break_lock(lock, store.t.lstat(lock).mtime)  # judged stale itself: removed
+    store.manifest_lock().break_stale(store.t.lstat(lock).mtime)  # judged stale itself: removed
     assert not os.path.exists(lock)
 
 

@@ -64,7 +64,7 @@ def test_manifest_write_failing_after_uploads_reports_what_was_sent_and_cleans_u
 def test_node_id_record_leaves_no_temporary_when_it_cannot_be_saved(tmp_path):
     """A real failure of the final rename (nodes.json is a directory): the
     record is best effort, but its temporary must not pile up."""
-    from prng_cache.staging import CacheIdRecord
+    from prng_cache.localstate import CacheIdRecord
 
     (tmp_path / "nodes.json").mkdir()
     rec = CacheIdRecord(str(tmp_path))

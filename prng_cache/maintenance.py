@@ -1,4 +1,4 @@
-"""Eviction, verification and status of one node's cache.
+"""Upkeep of one node's cache: eviction (gc), verification and status.
 
 Eviction order: under the lock, the manifest is written without the victims
 and then their directories are renamed into trash; the trash is deleted after
@@ -12,38 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from .hashing import StreamHasher
 from .manifest import Manifest
+from .reports import GcResult, VerifyResult
 from .store import CHUNK, NodeStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GcResult:
-    removed: list[str] = field(default_factory=list)  # keys
-    freed_bytes: int = 0
-    kept_leased: int = 0
-    kept: int = 0
-    leftovers: list[str] = field(default_factory=list)  # ours, unlisted: removed (or would be)
-    foreign: list[str] = field(default_factory=list)  # not ours: reported, never touched
-    expired_leases: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "removed": len(self.removed),
-            "removed_keys": self.removed,
-            "freed_bytes": self.freed_bytes,
-            "kept": self.kept,
-            "kept_leased": self.kept_leased,
-            "leftovers_removed": len(self.leftovers),
-            "leftovers": self.leftovers,
-            "foreign": self.foreign,
-            "expired_leases": self.expired_leases,
-        }
 
 
 def choose_victims(m: Manifest, now: float, *, max_age: float, max_bytes: int | None,
@@ -97,18 +73,6 @@ def gc_node(store: NodeStore, *, dry_run: bool = False, remove_all: bool = False
     res.foreign = survey.foreign
     res.leftovers = survey.reclaimable if dry_run else store.reclaim(survey.reclaimable)
     return res
-
-
-@dataclass
-class VerifyResult:
-    checked: int = 0
-    corrupt: dict[str, str] = field(default_factory=dict)  # key -> problem
-    removed: list[str] = field(default_factory=list)
-    untracked: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"checked": self.checked, "corrupt": self.corrupt, "removed": self.removed,
-                "untracked": self.untracked}
 
 
 def verify_node(store: NodeStore, *, fix: bool = False) -> VerifyResult:
