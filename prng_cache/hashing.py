@@ -188,10 +188,9 @@ class HashMemo:
         busy_timeout: float = BUSY_TIMEOUT,
     ) -> None:
         if directory is None:
-            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-                os.path.expanduser("~"), ".cache"
-            )
-            directory = os.path.join(base, "prng-cache")
+            from .localstate import cache_dir
+
+            directory = cache_dir()
         self.directory = directory
         self.path = os.path.join(directory, "hashes.sqlite")
         self.racy_window_ns = int(racy_window * 1e9)

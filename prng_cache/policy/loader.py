@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import PolicyError
+from ..userdata import read_text
 from .model import CHECKS, Policy
 from .schema import Entry, Section, Setting, Table, keys, resolved, validate
 from .values import Invalid, KeyPath, fmt_path
@@ -80,13 +81,8 @@ class _Loader(yaml.SafeLoader):
 
 
 def _read_file(root: type, path: str) -> tuple[_Layer, dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise PolicyError(path, None, "cannot read the policy file: not UTF-8 text") from None
-    except OSError as e:
-        raise PolicyError(path, None, f"cannot read the policy file: {e.strerror or e}") from None
+    text = read_text(path, PolicyError, missing=None, unreadable="cannot read the policy file",
+                     encoding="utf-8-sig")
     layer = _Layer(path, text)
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
+from ..userdata import type_name as _type_name
+
 KeyPath = tuple  # of str (mapping keys) and int (list positions)
 Parser = Callable[[object, KeyPath], Any]
 
@@ -27,13 +29,7 @@ class Invalid(Exception):
 
 
 def type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, Mapping):
-        return "mapping"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    return type(value).__name__
+    return _type_name(value, yaml=True)
 
 
 def fmt_path(path: KeyPath) -> str:
