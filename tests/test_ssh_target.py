@@ -1,11 +1,14 @@
-"""Target resolution without sshd: the one ``[user@]host[:port]`` parser
-and ProxyJump chains."""
+"""Target resolution without sshd: the one ``[user@]host[:port]`` parser,
+and ProxyJump chains resolved from the ssh config and the policy."""
 
 from __future__ import annotations
 
 import pytest
 
+from prng_cache.errors import TransportError
+from prng_cache.policy import TransportPolicy
 from prng_cache.transport.hostspec import parse_hostspec, parse_jump_chain
+from prng_cache.transport.ssh import resolve_target
 
 
 @pytest.mark.parametrize("text,want", [
@@ -51,3 +54,29 @@ def test_jump_chain():
         parse_jump_chain("a,b:0")
     with pytest.raises(ValueError, match=r"jump host '': empty host"):
         parse_jump_chain("a,,b")
+
+
+def _config(tmp_path, text):
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(text)
+    return TransportPolicy(ssh_config=str(cfg), known_hosts=str(tmp_path / "kh"))
+
+
+def test_one_hop_and_chains_resolve_from_config_and_policy(tmp_path):
+    settings = _config(tmp_path, (
+        "Host gw\n    HostName gw.example\n    Port 2201\n    User gwuser\n\n"
+        "Host one\n    HostName 10.0.0.5\n    ProxyJump gw\n\n"
+        "Host two\n    HostName 10.0.0.6\n    ProxyJump gw,me@hop2:2222\n\n"
+        "Host bad\n    HostName 10.0.0.7\n    ProxyJump gw:99999\n"
+    ))
+    one = resolve_target("one", settings=settings)
+    assert [(h.label, h.hostname, h.port, h.username) for h in one.jumps] == [("gw", "gw.example", 2201, "gwuser")]
+    two = resolve_target("two", settings=settings)
+    assert [(h.hostname, h.port, h.username) for h in two.jumps] == [
+        ("gw.example", 2201, "gwuser"), ("hop2", 2222, "me")]
+    # the policy's jump_host is parsed the same way (user and port win over the config)
+    pol = resolve_target("10.0.0.9", settings=TransportPolicy(
+        ssh_config=settings.ssh_config, jump_host="other@gw:2299"))
+    assert [(h.hostname, h.port, h.username) for h in pol.jumps] == [("gw.example", 2299, "other")]
+    with pytest.raises(TransportError, match=r"bad jump host list 'gw:99999'.*out of range"):
+        resolve_target("bad", settings=settings)
