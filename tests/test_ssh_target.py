@@ -1,5 +1,5 @@
 """Target resolution without sshd: the one ``[user@]host[:port]`` parser,
-and ProxyJump chains resolved from the ssh config and the policy."""
+ProxyJump chains, and which route a resolved target takes."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ operation. One concern per module:
 - :mod:`.hostkeys` -- known_hosts policy for every hop;
 - :mod:`.sockets` -- tuned TCP sockets, ProxyCommand without a shell;
 - :mod:`.connect` -- routes, handshakes, error messages, the SFTP session;
+- :mod:`.tunnel` -- single-gateway jumps through a shared
+  ``sshtunnel.SSHTunnelForwarder``;
 - :mod:`.streams` -- pipelined SFTP streams (paramiko's private SFTP API);
 - :mod:`.failures` -- SFTP failures as the Transport contract's exceptions;
 - :mod:`.probe` -- uid, clock and free space of the node;
@@ -32,9 +34,11 @@ keys are checked against the policy's ``known_hosts`` plus the config's
 changed keys are still refused).
 
 Jump hosts (config ``ProxyJump``, else the policy's ``jump_host``) are
-reached first, their host keys verified the same way, and the node is then
-reached through a ``direct-tcpip`` channel of the jump connection: no local
-listening port and no forwarding threads.
+reached first, their host keys verified the same way. A node behind ONE jump
+host is reached through the local listener of that gateway's
+``sshtunnel.SSHTunnelForwarder`` (one per gateway, shared by the nodes
+behind it, stopped with its last user, on Ctrl-C and at exit); a chain of
+two or more goes through ``direct-tcpip`` channels of the previous hop.
 
 Throughput: TCP_NODELAY and TCP_QUICKACK (no Nagle / delayed-ACK stalls),
 the AES-GCM cipher preferred, SFTP writes of 255 KiB pipelined with every

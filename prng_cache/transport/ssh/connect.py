@@ -1,13 +1,15 @@
-"""Opening a connection to a node: the route (direct, ProxyCommand, jump
-hosts), the SSH handshake of every hop with its host key checked, and the
-SFTP session.
+"""Opening a connection to a node: the route (direct, ProxyCommand, one
+gateway through an sshtunnel forwarder, a chain of jump hosts), the SSH
+handshake of every hop with its host key checked, and the SFTP session.
 
 Routes:
 
 - no jump host: a tuned TCP socket, or the config's ``ProxyCommand``;
-- jump hosts (``transport.jump_host``, ``ProxyJump``): each hop through a
-  ``direct-tcpip`` channel of the previous one (no listener, no forwarding
-  threads).
+- one jump host (``transport.jump_host`` or a one-hop ``ProxyJump``): the
+  gateway is connected like any hop, then the node through the local
+  listener of the gateway's shared ``sshtunnel`` forwarder (:mod:`.tunnel`);
+- a ``ProxyJump`` chain of two or more: each hop through a ``direct-tcpip``
+  channel of the previous one (no listener, no forwarding threads).
 
 Throughput: the AES-GCM cipher preferred (paramiko's needs no separate MAC
 pass) and a 16 MiB channel window.
@@ -23,10 +25,11 @@ import time
 from dataclasses import dataclass, field
 
 import paramiko
+import sshtunnel
 
-from ...errors import PrngCacheError, TransportError
+from ...errors import HostKeyError, PrngCacheError, TransportError
 from ...policy import TransportPolicy
-from . import hostkeys
+from . import hostkeys, tunnel
 from .sockets import proxy_command, tcp_connect
 from .target import SSHTarget
 
@@ -59,7 +62,8 @@ class Connection:
 
     client: paramiko.SSHClient  # the node
     sftp: paramiko.SFTPClient
-    jumps: list[paramiko.SSHClient] = field(default_factory=list)  # jump hops, outermost first
+    jumps: list[paramiko.SSHClient] = field(default_factory=list)  # chain hops, outermost first
+    lease: tunnel.Lease | None = None  # the gateway's forwarder (one jump host)
 
     @property
     def transport(self) -> paramiko.Transport | None:
@@ -73,15 +77,20 @@ class Connection:
         for c in [self.sftp, self.client, *reversed(self.jumps)]:
             with contextlib.suppress(Exception):
                 c.close()
+        if self.lease is not None:
+            self.lease.release()
 
     def abort(self) -> None:
         """Close the connections under a thread blocked in I/O (from another
-        thread): its read or write fails at once."""
+        thread): its read or write fails at once. The forwarder is released:
+        the last transport behind a gateway stops its threads."""
         for c in [self.client, *self.jumps]:
             t = c.get_transport()
             if t is not None:
                 with contextlib.suppress(Exception):
                     t.close()
+        if self.lease is not None:
+            self.lease.release()
 
 
 class Connector:
@@ -96,19 +105,31 @@ class Connector:
 
     def open(self, target: SSHTarget) -> Connection:
         clients: list[paramiko.SSHClient] = []
+        lease = None
         try:
-            prev: SSHTarget | None = None
-            for hop in (*target.jumps, target):
-                sock = self._first_hop_socket(hop) if not clients else self._forward(clients[-1], prev, hop)
-                clients.append(self._ssh_connect(hop, sock))
-                prev = hop
+            if len(target.jumps) == 1:
+                client, lease = self._through_forwarder(target, target.jumps[0])
+                clients.append(client)
+            else:
+                prev: SSHTarget | None = None
+                for hop in (*target.jumps, target):
+                    sock = self._first_hop_socket(hop) if not clients else self._forward(clients[-1], prev, hop)
+                    clients.append(self._ssh_connect(hop, sock))
+                    prev = hop
             sftp = self._open_sftp(clients[-1], target)
         except BaseException:
             for c in reversed(clients):
                 c.close()
+            if lease is not None:
+                lease.release()
             raise
-        conn = Connection(clients[-1], sftp, clients[:-1])
-        via = " via " + " -> ".join(h.address for h in target.jumps) if target.jumps else ""
+        conn = Connection(clients[-1], sftp, clients[:-1], lease)
+        if lease is not None:
+            via = f" via {target.jumps[0].address} (sshtunnel forwarder {lease.address[0]}:{lease.address[1]})"
+        elif target.jumps:
+            via = " via " + " -> ".join(h.address for h in target.jumps)
+        else:
+            via = ""
         log.debug("%s: connected to %s%s (cipher %s)", self.host, target.address, via, conn.transport.remote_cipher)
         return conn
 
@@ -143,6 +164,42 @@ class Connector:
         return TransportError(
             self.host, f"jump host {jump_target.label} cannot reach {hop.hostname}:{hop.port}: {why}"
         )
+
+    def _through_forwarder(self, target: SSHTarget, gateway: SSHTarget) -> tuple[paramiko.SSHClient, tunnel.Lease]:
+        """The node through the gateway's shared sshtunnel forwarder: the
+        gateway's own connection (opened here when there is none yet) is a
+        hop like any other; the node is reached on the forwarder's local
+        port, its host key checked under its own name."""
+        problems = tunnel.hook_problems()
+        if problems:
+            raise TransportError(
+                self.host, f"sshtunnel {sshtunnel.__version__} cannot be used for jump host {gateway.label} "
+                f"({'; '.join(problems)}); install an sshtunnel within the bounds in pyproject.toml",
+            )
+        key = (gateway, self.settings.strict_host_keys, self.timeout)
+        try:
+            lease = tunnel.acquire(
+                key, gateway, (target.hostname, target.port),
+                lambda: self._ssh_connect(gateway, self._first_hop_socket(gateway)), self.timeout,
+            )
+        except sshtunnel.BaseSSHTunnelForwarderError as e:
+            raise TransportError(self.host, f"cannot start the sshtunnel forwarder through {gateway.label}: {e}") from e
+        try:
+            sock = tcp_connect(self.host, *lease.address, self.timeout)
+            local = sock.getsockname()
+            try:
+                return self._ssh_connect(target, sock), lease
+            except HostKeyError:
+                raise
+            except TransportError as e:
+                # a node that hung up at once may be a gateway that could not reach it
+                why = lease.channel_error(local, wait=self.timeout)
+                if why is None:
+                    raise
+                raise self._unreachable(gateway, target, why) from e
+        except BaseException:
+            lease.release()
+            raise
 
     # ------------------------------------------------------ handshake
     def _hop_label(self, hop: SSHTarget) -> str:

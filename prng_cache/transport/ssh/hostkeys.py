@@ -1,4 +1,4 @@
-"""Host key policy: every hop (node or jump host) is
+"""Host key policy: every hop (node, jump host, sshtunnel gateway) is
 checked against the policy's ``known_hosts`` plus the config's
 ``UserKnownHostsFile``.
 

@@ -116,12 +116,14 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             conn.close()
 
     def close(self) -> None:
-        """Close the SFTP session, the connection and any jump connections."""
+        """Close the SFTP session, the connection, any jump connections, and
+        this transport's hold on a jump host's sshtunnel forwarder."""
         self._drop()
 
     def abort(self) -> None:
         """Close the SSH connections under a worker blocked in I/O (Ctrl-C):
-        its read or write fails at once instead of after the I/O timeout."""
+        its read or write fails at once instead of after the I/O timeout;
+        the sshtunnel forwarder's threads stop with its last user."""
         conn = self._conn
         if conn is not None:
             conn.abort()
@@ -233,3 +235,10 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
     def paramiko_transport(self) -> paramiko.Transport | None:
         """The connection to the node (None when not connected)."""
         return self._conn.transport if self._conn is not None else None
+
+    @property
+    def forwarder(self):
+        """The ``sshtunnel.SSHTunnelForwarder`` this connection goes
+        through (a node behind one jump host), else None."""
+        conn = self._conn
+        return conn.lease.forwarder if conn is not None and conn.lease is not None else None
