@@ -202,6 +202,34 @@ def test_nodes_behind_one_gateway_share_one_forwarder(cluster):
     assert _connections_to(a) == 0
 
 
+def test_nodes_connecting_at_once_share_one_gateway_connection(cluster):
+    # stage_cluster connects the nodes in parallel: one gateway connect, the others wait for it
+    a = cluster["rig-a"]
+    ts = [_via(cluster, name) for name in ("rig-b", "rig-c", "rig-b")]
+    errors = []
+
+    def go(t):
+        try:
+            t.lstat("/dev/shm")
+        except Exception as e:  # noqa: BLE001 - the test looks at it
+            errors.append(e)
+
+    workers = [threading.Thread(target=go, args=(t,)) for t in ts]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        assert not errors
+        assert len({id(t.forwarder) for t in ts}) == 1
+        assert _connections_to(a) == 1
+        assert len(ts[0].forwarder.tunnel_bindings) == 2  # one listener per node address
+    finally:
+        for t in ts:
+            t.close()
+    assert not [x for x in threading.enumerate() if x.name.startswith("Srv-")]
+
+
 def test_no_sshtunnel_thread_survives_close(cluster):
     before = set(threading.enumerate())
     t = _via(cluster, "rig-b")
