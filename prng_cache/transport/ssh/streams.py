@@ -13,7 +13,7 @@ the streams register as the owners of their requests, so other operations
 The private API has been stable since paramiko 1.x; ``pyproject.toml``
 bounds paramiko to the majors it was checked against, and importing this
 module fails at once, naming what is missing, if a paramiko lacks it
-(``tests/test_paramiko_api.py`` checks the same).
+(``tests/test_dependencies.py`` checks the same).
 """
 
 from __future__ import annotations

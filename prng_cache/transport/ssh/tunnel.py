@@ -20,7 +20,7 @@ ours too, so a gateway that cannot reach the node is reported as such (and
 within ``connect_timeout``), not as a node that hung up; and its handler
 threads are tracked, so stopping joins them. ``pyproject.toml`` bounds
 sshtunnel to the releases these hooks were checked against
-(``tests/test_ssh_tunnel.py`` checks they exist).
+(``tests/test_dependencies.py`` checks they exist).
 """
 
 from __future__ import annotations
