@@ -10,12 +10,16 @@ in one run, interleaved so that the machine's drift hits both sides:
 3. a large input (default 1 GiB) to one node: throughput against scp of the
    same file;
 4. client memory while staging that file (peak RSS above the RSS before
-   staging, in a fresh process).
+   staging, in a fresh process);
+5. upload throughput to one node through a jump host (the other node: the
+   transport's sshtunnel forwarder) against a direct connection: one
+   ``open_write`` of ``--route-mib`` MiB from memory, all statuses checked,
+   on an established connection.
 
 Every stage here is measured as the CLI does it: discover + hash (memo) +
 stage. Usage (root, openssh-server installed):
 
-    python3 benchmarks/bench_ssh_staging.py [--big-mib 1024] [--repeats 3]
+    python3 benchmarks/bench_ssh_staging.py [--big-mib 1024] [--repeats 3] [--route-mib 256]
 
 Results: printed, and written to benchmarks/results/ssh_staging.json.
 """
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 from prng_cache.bench.datagen import age_files
 from prng_cache.bench.worker import drop_cache
@@ -41,6 +46,7 @@ from prng_cache.inputs import discover
 from prng_cache.policy import InputsPolicy, NodeOverride, Policy
 from prng_cache.staging import stage_cluster
 from prng_cache.testing.sshcluster import SSHCluster
+from prng_cache.transport.ssh import SSHTransport
 
 SMALL = (("bidirectional_survivors.npz", 230_000), ("train_history.json", 27_000),
          ("holdout_history.json", 7_000), ("optimal_window_config.json", 48_000))
@@ -78,6 +84,18 @@ def drop(paths):
     drop_cache(paths, "fadvise")  # the inputs only: a global drop would also evict ssh, python...
 
 
+def upload_mb_s(transport: SSHTransport, path: str, mib: int, block: bytes) -> float:
+    """One upload of ``mib`` MiB from memory on an established connection."""
+    transport.lstat("/")  # connected (and through the forwarder, if any) before the clock starts
+    t = time.perf_counter()
+    with transport.open_write(path) as f:
+        for _ in range(mib):
+            f.write(block)
+    dt = time.perf_counter() - t
+    transport.unlink(path)
+    return (mib << 20) / 1e6 / dt
+
+
 def sh(argv, **kw):
     return subprocess.run(argv, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL, **kw)
 
@@ -87,6 +105,8 @@ def main() -> int:
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the large input (MiB)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", default="/var/tmp", help="where inputs are written (a real disk)")
+    ap.add_argument("--route-mib", type=int, default=256,
+                    help="upload size for the jump host (sshtunnel forwarder) vs direct comparison (MiB)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     a = ap.parse_args()
 
@@ -113,7 +133,8 @@ def main() -> int:
         transport = cluster.policy()
         nodes = [Node(h, cluster.user) for h in hosts]
         rows: dict[str, list[float]] = {k: [] for k in ("cold", "scp_files", "warm", "preload_checks",
-                                                         "big_stage", "big_hash", "big_scp", "mem")}
+                                                         "big_stage", "big_hash", "big_scp", "mem",
+                                                         "upload_direct", "upload_forwarder")}
         bytes_warm = []
         for rep in range(a.repeats):
             root = f"/dev/shm/prng-bench-{rep}"
@@ -167,8 +188,16 @@ def main() -> int:
             rows["big_stage"].append(out["hash_s"] + out["stage_s"])
             rows["big_hash"].append(out["hash_s"])
             rows["mem"].append((out["rss_peak"] - out["rss_before"]) / (1 << 20))
+            # 5. the same node, directly and through the other node (jump host)
+            target = hosts[1]
+            with SSHTransport(target, cluster.user, settings=transport) as direct, \
+                    SSHTransport(target, cluster.user, settings=replace(transport, jump_host=hosts[0])) as jumped:
+                rows["upload_direct"].append(upload_mb_s(direct, f"/dev/shm/route-direct-{rep}", a.route_mib, block))
+                rows["upload_forwarder"].append(
+                    upload_mb_s(jumped, f"/dev/shm/route-forwarder-{rep}", a.route_mib, block))
+                assert jumped.forwarder is not None and direct.forwarder is None
             for n in cluster:
-                n.run("rm -rf /dev/shm/prng-* /dev/shm/preload-*")
+                n.run("rm -rf /dev/shm/prng-* /dev/shm/preload-* /dev/shm/route-*")
             print(f"repeat {rep + 1}/{a.repeats} done", file=sys.stderr)
 
         med = {k: statistics.median(v) for k, v in rows.items()}
@@ -182,6 +211,9 @@ def main() -> int:
             "big_scp_s": med["big_scp"], "big_stage_mb_s": big_mb / med["big_stage"],
             "big_scp_mb_s": big_mb / med["big_scp"], "big_throughput_ratio": med["big_scp"] / med["big_stage"],
             "client_mem_mib": med["mem"],
+            "route_mib": a.route_mib, "upload_direct_mb_s": med["upload_direct"],
+            "upload_forwarder_mb_s": med["upload_forwarder"],
+            "forwarder_vs_direct": med["upload_forwarder"] / med["upload_direct"],
             "samples": {k: [round(x, 4) for x in v] for k, v in rows.items()},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load": os.getloadavg(), "isolated_nodes": cluster.isolated},
@@ -195,7 +227,8 @@ SSH staging, 2 nodes, median of {a.repeats} (same run, interleaved)
   warm stage, 4 inputs         {doc['warm_stage_s'] * 1000:8.1f} ms   preload checks {doc['preload_checks_s'] * 1000:8.1f} ms   -> {doc['warm_speedup']:.1f}x faster (target >= 20x), {doc['bytes_warm']} bytes moved
   cold stage, 4 inputs ~312 KB {doc['cold_stage_s'] * 1000:8.1f} ms   scp per file   {doc['scp_per_file_s'] * 1000:8.1f} ms   -> {doc['cold_speedup']:.1f}x faster (target >= 5x)
   {a.big_mib} MiB input, 1 node       {doc['big_stage_mb_s']:8.1f} MB/s scp            {doc['big_scp_mb_s']:8.1f} MB/s -> {doc['big_throughput_ratio']:.2f}x scp (target >= 1.0x; includes hashing {doc['big_hash_s']:.2f} s)
-  client memory while staging  {doc['client_mem_mib']:8.1f} MiB above baseline (target < 64 MiB)""")
+  client memory while staging  {doc['client_mem_mib']:8.1f} MiB above baseline (target < 64 MiB)
+  upload {a.route_mib} MiB, 1 node      {doc['upload_forwarder_mb_s']:8.1f} MB/s through a jump host (sshtunnel forwarder), direct {doc['upload_direct_mb_s']:8.1f} MB/s -> {doc['forwarder_vs_direct']:.2f}x direct""")
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "ssh_staging.json"), "w") as f:
         json.dump(doc, f, indent=2)

@@ -1,0 +1,244 @@
+"""``SSHTransport``: the Transport contract's file operations over one SSH
+connection and ONE SFTP session, opened on first use and reused.
+
+Every operation runs inside one error-translating context manager
+(:meth:`~.failures.FailureTranslation._op`); streams are the pipelined ones
+of :mod:`.streams`; the connection comes from :mod:`.connect`; uid, clock
+and free space from :mod:`.probe`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+from typing import BinaryIO, Iterator
+
+import paramiko
+from paramiko.sftp import SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_READ, SFTP_FLAG_WRITE
+from paramiko.sftp_attr import SFTPAttributes
+
+from ...policy import TransportPolicy
+from ..base import FileInfo, Transport
+from . import streams
+from .connect import Connection, Connector
+from .failures import FailureTranslation
+from .probe import NodeProbe
+from .target import SSHTarget, resolve_target
+
+log = logging.getLogger(__name__)
+
+
+def _info(a: SFTPAttributes) -> FileInfo:
+    return FileInfo(
+        mode=a.st_mode or 0,
+        uid=a.st_uid if a.st_uid is not None else -1,
+        size=a.st_size or 0,
+        mtime=float(a.st_mtime or 0),
+        nlink=_nlink(getattr(a, "longname", None)),
+    )
+
+
+def _nlink(longname: str | bytes | None) -> int | None:
+    """SFTP v3 attributes carry no link count, but OpenSSH's directory
+    listings come with an ``ls -l`` style longname whose second field is it:
+    enough to refuse a hard link planted in a cache directory."""
+    if not longname:
+        return None
+    if isinstance(longname, bytes):
+        longname = longname.decode("utf-8", "replace")
+    parts = longname.split(None, 2)
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+
+
+class SSHTransport(FailureTranslation, NodeProbe, Transport):
+    """File operations on a remote node over one SSH connection + one SFTP
+    session (see the package docstring).  Not thread-safe: one per node and
+    thread, except :meth:`abort`, which another thread may call.
+
+    ``host`` is the node's name as given (ssh config alias or host name).
+    The connection is opened by :meth:`connect` or by the first operation;
+    after a connection failure the next operation reconnects."""
+
+    def __init__(
+        self,
+        host: str,
+        username: str | None = None,
+        *,
+        settings: TransportPolicy | None = None,
+    ):
+        self.host = host
+        self.username = username
+        self.settings = settings or TransportPolicy()
+        self._target: SSHTarget | None = None
+        self._conn: Connection | None = None
+        self._uid: int | None = None
+        self._clock_offset: float | None = None
+        self._statvfs_ext: bool | None = None  # None: not tried yet
+        self._exec_window = (0.0, 0.0)  # when the last command ran (bracket)
+
+    def __repr__(self) -> str:
+        state = "connected" if self._conn is not None else "idle"
+        return f"<SSHTransport {self.host} {state}>"
+
+    # ------------------------------------------------------ connection
+    @property
+    def target(self) -> SSHTarget:
+        """The resolved connection parameters (ssh config applied)."""
+        if self._target is None:
+            self._target = resolve_target(self.host, self.username, self.settings)
+        return self._target
+
+    @property
+    def io_timeout(self) -> float:
+        """Seconds an established connection may stall before it counts as lost."""
+        return max(60.0, 6 * float(self.settings.connect_timeout))
+
+    @property
+    def connected(self) -> bool:
+        return self._alive()
+
+    def connect(self) -> "SSHTransport":
+        """Open the connection and the SFTP session now (idempotent)."""
+        if self._alive():
+            return self
+        self._drop()
+        self._conn = Connector(self.host, self.settings, self.io_timeout).open(self.target)
+        return self
+
+    def _alive(self) -> bool:
+        return self._conn is not None and self._conn.alive()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the SFTP session, the connection, any jump connections, and
+        this transport's hold on a jump host's sshtunnel forwarder."""
+        self._drop()
+
+    def abort(self) -> None:
+        """Close the SSH connections under a worker blocked in I/O (Ctrl-C):
+        its read or write fails at once instead of after the I/O timeout;
+        the sshtunnel forwarder's threads stop with its last user."""
+        conn = self._conn
+        if conn is not None:
+            conn.abort()
+
+    def _session(self) -> paramiko.SFTPClient:
+        if not self._alive():
+            self.connect()
+        return self._conn.sftp  # type: ignore[union-attr]
+
+    @property
+    def _sftp(self) -> paramiko.SFTPClient | None:
+        """The live SFTP session (streams check they still use it)."""
+        return self._conn.sftp if self._conn is not None else None
+
+    # ------------------------------------------------------- metadata
+    def lstat(self, path: str) -> FileInfo | None:
+        sftp = self._session()
+        with self._op("lstat", path):
+            try:
+                return _info(sftp.lstat(path))
+            except FileNotFoundError:
+                return None
+
+    def listdir_attr(self, path: str) -> dict[str, FileInfo]:
+        sftp = self._session()
+        with self._op("listdir", path):
+            return {a.filename: _info(a) for a in sftp.listdir_attr(path)}
+
+    def mkdir(self, path: str, mode: int = 0o700) -> None:
+        sftp = self._session()
+        with self._op("mkdir", path, creates=True):
+            sftp.mkdir(path, mode)
+        self.chmod(path, mode)  # the node's umask must not change the mode
+
+    def chmod(self, path: str, mode: int) -> None:
+        sftp = self._session()
+        with self._op("chmod", path):
+            sftp.chmod(path, mode)
+
+    def rename(self, src: str, dst: str) -> None:
+        sftp = self._session()
+        with self._op("rename", src, dst):
+            sftp.posix_rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        sftp = self._session()
+        with self._op("unlink", path):
+            sftp.remove(path)
+
+    def rmdir(self, path: str) -> None:
+        sftp = self._session()
+        with self._op("rmdir", path):
+            sftp.rmdir(path)
+
+    # ---------------------------------------------------------- files
+    def _open_for_read(self, path: str) -> tuple[bytes, FileInfo]:
+        """lstat, then open only a regular file: symlinks are refused, and
+        a FIFO or device is never opened (it could block the SFTP server)."""
+        info = self.lstat(path)
+        if info is None:
+            raise FileNotFoundError(errno.ENOENT, f"open failed on {self.host}: No such file", path)
+        if info.is_symlink:
+            raise OSError(errno.ELOOP, f"refusing to read a symlink on {self.host}", path)
+        if info.is_dir:
+            raise IsADirectoryError(errno.EISDIR, f"cannot read a directory on {self.host}", path)
+        if not info.is_file:
+            raise OSError(errno.EINVAL, f"refusing to read a non-regular file on {self.host}", path)
+        sftp = self._session()
+        with self._op("open", path):
+            return streams.open_handle(sftp, path, SFTP_FLAG_READ), info
+
+    def read_bytes(self, path: str, max_bytes: int = 64 << 20) -> bytes:
+        handle, info = self._open_for_read(path)
+        reader = streams.SFTPReader(self, self._sftp, handle, path, size_hint=info.size, limit=max_bytes)
+        try:
+            return reader.readall()
+        finally:
+            reader.close()
+
+    @contextlib.contextmanager
+    def open_read(self, path: str) -> Iterator[BinaryIO]:
+        handle, info = self._open_for_read(path)
+        raw = streams.SFTPReader(self, self._sftp, handle, path, size_hint=info.size)
+        with io.BufferedReader(raw, buffer_size=streams.CHUNK_SIZE) as f:
+            yield f  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def open_write(self, path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
+        sftp = self._session()
+        # O_CREAT|O_EXCL: fails on any existing path, symlinks included
+        with self._op("create", path, creates=True):
+            handle = streams.open_handle(sftp, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, mode)
+        w = streams.SFTPWriter(self, sftp, handle, path)
+        w.fchmod(mode)  # exact mode whatever the node's umask (pipelined)
+        try:
+            yield w  # type: ignore[misc]
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
+
+    # ---------------------------------------------------- diagnostics
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        """The (single, reused) SFTP session; connects if needed."""
+        return self._session()
+
+    @property
+    def paramiko_transport(self) -> paramiko.Transport | None:
+        """The connection to the node (None when not connected)."""
+        return self._conn.transport if self._conn is not None else None
+
+    @property
+    def forwarder(self):
+        """The ``sshtunnel.SSHTunnelForwarder`` this connection goes
+        through (a node behind one jump host), else None."""
+        conn = self._conn
+        return conn.lease.forwarder if conn is not None and conn.lease is not None else None

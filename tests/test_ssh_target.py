@@ -1,0 +1,82 @@
+"""Target resolution without sshd: the one ``[user@]host[:port]`` parser,
+ProxyJump chains, and which route a resolved target takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from prng_cache.errors import TransportError
+from prng_cache.policy import TransportPolicy
+from prng_cache.transport.hostspec import parse_hostspec, parse_jump_chain
+from prng_cache.transport.ssh import resolve_target
+
+
+@pytest.mark.parametrize("text,want", [
+    ("bastion", (None, "bastion", None)),
+    ("me@bastion:2222", ("me", "bastion", 2222)),
+    ("bastion:22", (None, "bastion", 22)),
+    ("10.0.0.5:2200", (None, "10.0.0.5", 2200)),
+    ("[::1]:2222", (None, "::1", 2222)),
+    ("me@[fe80::1%eth0]", ("me", "fe80::1%eth0", None)),
+    ("fe80::1", (None, "fe80::1", None)),  # bare IPv6: the colons are the address's
+    ("ssh://me@bastion:2222", ("me", "bastion", 2222)),  # OpenSSH's URI form
+    ("alice@corp.example@bastion", ("alice@corp.example", "bastion", None)),  # last '@' splits
+    ("bastion:00022", (None, "bastion", 22)),
+    ("bastion:65535", (None, "bastion", 65535)),
+])
+def test_hostspec_forms(text, want):
+    assert parse_hostspec(text) == want
+
+
+@pytest.mark.parametrize("text,why", [
+    ("", "empty host"),
+    ("a b", "whitespace"),
+    ("bastion ", "whitespace"),
+    ("bastion:99999", "out of range"),
+    ("bastion:0", "out of range"),
+    ("bastion:", "is not host"),
+    ("bastion:ssh", "is not host"),
+    ("@bastion", "empty user"),
+    ("me@", "empty host"),
+    ("[::1", "is not host"),
+    ("a/b", "is not host"),
+    ("a,b", "is not host"),  # a chain is parse_jump_chain's
+])
+def test_hostspec_refusals_say_why(text, why):
+    with pytest.raises(ValueError, match=why):
+        parse_hostspec(text)
+
+
+def test_jump_chain():
+    assert parse_jump_chain("a,me@b:2222, [::1]:22") == (
+        (None, "a", None), ("me", "b", 2222), (None, "::1", 22))
+    with pytest.raises(ValueError, match=r"jump host 'b:0': port 0 is out of range"):
+        parse_jump_chain("a,b:0")
+    with pytest.raises(ValueError, match=r"jump host '': empty host"):
+        parse_jump_chain("a,,b")
+
+
+def _config(tmp_path, text):
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(text)
+    return TransportPolicy(ssh_config=str(cfg), known_hosts=str(tmp_path / "kh"))
+
+
+def test_one_hop_and_chains_resolve_from_config_and_policy(tmp_path):
+    settings = _config(tmp_path, (
+        "Host gw\n    HostName gw.example\n    Port 2201\n    User gwuser\n\n"
+        "Host one\n    HostName 10.0.0.5\n    ProxyJump gw\n\n"
+        "Host two\n    HostName 10.0.0.6\n    ProxyJump gw,me@hop2:2222\n\n"
+        "Host bad\n    HostName 10.0.0.7\n    ProxyJump gw:99999\n"
+    ))
+    one = resolve_target("one", settings=settings)
+    assert [(h.label, h.hostname, h.port, h.username) for h in one.jumps] == [("gw", "gw.example", 2201, "gwuser")]
+    two = resolve_target("two", settings=settings)
+    assert [(h.hostname, h.port, h.username) for h in two.jumps] == [
+        ("gw.example", 2201, "gwuser"), ("hop2", 2222, "me")]
+    # the policy's jump_host is parsed the same way (user and port win over the config)
+    pol = resolve_target("10.0.0.9", settings=TransportPolicy(
+        ssh_config=settings.ssh_config, jump_host="other@gw:2299"))
+    assert [(h.hostname, h.port, h.username) for h in pol.jumps] == [("gw.example", 2299, "other")]
+    with pytest.raises(TransportError, match=r"bad jump host list 'gw:99999'.*out of range"):
+        resolve_target("bad", settings=settings)
