@@ -248,13 +248,16 @@ def glob_to_names(value: object, path: KeyPath) -> tuple[tuple[str, tuple[str, .
 # transport/ssh.py parses the same [user@]host[:port] syntax. This function
 # is the only place the policy does: switch its body to the transport
 # package's parser once there is one (keep the message).
-_HOST_SPEC_RE = re.compile(r"(?:[^@\s:/]+@)?(?:\[[0-9A-Fa-f:.]+\]|[^@\s:/\[\]]+)(?::(\d{1,5}))?")
-
-
 def is_host_spec(text: str) -> bool:
-    """Whether ``text`` reads as ``[user@]host[:port]`` (port 1-65535)."""
-    m = _HOST_SPEC_RE.fullmatch(text)
-    return bool(m) and not (m.group(1) and not 0 < int(m.group(1)) < 65536)
+    """Whether ``text`` reads as ``[user@]host[:port]`` (or a comma-separated
+    chain of them): the transport's own parser, so both agree."""
+    from ..transport.hostspec import parse_jump_chain
+
+    try:
+        parse_jump_chain(text)
+    except ValueError:
+        return False
+    return True
 
 
 def host_spec(value: object, path: KeyPath) -> str:
