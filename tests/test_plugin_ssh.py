@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from test_faults import cluster  # noqa: F401  (the clean sshd cluster, private XDG cache)
+from test_faults import cluster, src  # noqa: F401  (the clean sshd cluster, private XDG cache; inputs)
 
 from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import InputsPolicy, NodeOverride, Policy
@@ -23,13 +23,6 @@ from prng_cache.policy import InputsPolicy, NodeOverride, Policy
 HOSTS = ("rig-a", "rig-b")
 
 
-@pytest.fixture
-def src(tmp_path):
-    d = tmp_path / "src"
-    d.mkdir()
-    (d / "survivors.npz").write_bytes(os.urandom(50_000))
-    (d / "train_history.json").write_text(json.dumps(list(range(2000))))
-    return d
 
 
 def root_of(node) -> str:
