@@ -129,7 +129,8 @@ def discover(
             d.skipped[p] = f"excluded by pattern {pat!r}"
             continue
         n = len(jobs_of_file[ident[p]])
-        if n < need and _matches(p, policy.include) is None:
+        scoped = policy.is_run_scoped(p)
+        if n < need and not scoped and _matches(p, policy.include) is None:
             d.skipped[p] = f"used by {n} job(s), fewer than min_jobs={need}"
             continue
         parent, name = posixpath.split(p)
@@ -137,8 +138,18 @@ def discover(
             # the node-side layout cannot hold it unambiguously
             d.skipped[p] = f"file name {name!r} cannot be cached"
             continue
-        sibs = [(c, posixpath.join(parent, c)) for c in policy.companions_for(p)]
-        missing = [c for c, src in sibs if not os.path.isfile(src)]
+        sibs, missing = [], []
+        for c in policy.companions_for(p):
+            optional = c.endswith("?")
+            c = c.rstrip("?")
+            src = posixpath.join(parent, c)
+            if os.path.isfile(src):
+                sibs.append((c, src))
+            elif not optional:
+                missing.append(c)
+            # an optional companion that is absent: the input is staged alone
+            # (its key is then the file's own hash, so it changes when the
+            # companion appears)
         if missing:
             # Caching without it would make the job fail where it would not have.
             d.skipped[p] = f"companion {missing[0]} missing"
@@ -149,7 +160,7 @@ def discover(
             d.skipped[p] = str(e)
             continue
         key = files[0].hash if len(files) == 1 else bundle_key([(f.name, f.hash) for f in files])
-        d.bundles[p] = Bundle(key=key, path=p, name=name, files=files)
+        d.bundles[p] = Bundle(key=key, path=p, name=name, files=files, run_scoped=scoped)
     return d
 
 

@@ -47,6 +47,9 @@ class Bundle:
     path: str  # resolved coordinator path of the input
     name: str  # its basename, kept so workers pick the format by extension
     files: tuple[BundleFile, ...]  # the input first, then companions
+    # needed for one run only (inputs.run_scoped): removed from the nodes when
+    # the run that leased it ends, unless another live lease holds it
+    run_scoped: bool = False
 
     @property
     def size(self) -> int:

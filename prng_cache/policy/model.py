@@ -22,6 +22,7 @@ from .values import (
     flag,
     glob_to_names,
     host_spec,
+    prefix_map,
     optional,
     percent,
     positive_int,
@@ -40,8 +41,20 @@ class InputsPolicy:
                                        string_list("strings"))
     max_file_size: int = setting(2 << 30, size)
     min_jobs: int = setting(2, positive_int)
-    # input glob -> names of sibling files that must sit beside it
-    companions: tuple[tuple[str, tuple[str, ...]], ...] = setting((), glob_to_names)
+    # input glob -> names of sibling files that must sit beside it ("name?":
+    # optional, staged beside it only when it exists)
+    companions: tuple[tuple[str, tuple[str, ...]], ...] = setting(
+        (("*survivors*.npz", ("optimal_window_config.json?",)),
+         ("*survivors*.json", ("optimal_window_config.json?",))), glob_to_names)
+    # path prefix jobs name -> prefix where the same files really live (on the
+    # coordinator and on every node's SSD); {script_path}: the node's
+    path_aliases: tuple[tuple[str, str], ...] = setting(
+        (("/dev/shm/prng/step2/", "{script_path}/"), ("/dev/shm/prng/step3/", "{script_path}/")), prefix_map)
+    # inputs needed for one run only: staged whatever min_jobs says, removed
+    # from the nodes at run end unless another live lease holds them
+    run_scoped: tuple[str, ...] = setting(("*/scoring_chunks/*",), string_list("strings"))
+    # payload keys (coordinator.py jobs) whose values are input paths
+    payload_keys: tuple[str, ...] = setting(("dataset_path",), string_list("strings"))
     output_flags: tuple[str, ...] = setting(("--output-file", "--output", "-o"),
                                             string_list("strings", flag))
     # where bare relative names are resolved on the coordinator; None means
@@ -49,12 +62,17 @@ class InputsPolicy:
     base_dir: str | None = setting(None, optional(abs_path))
 
     def companions_for(self, path: str) -> tuple[str, ...]:
+        """Companion names for an input (a trailing ``?``: optional)."""
         names: list[str] = []
         base = path.rsplit("/", 1)[-1]
         for pattern, sibs in self.companions:
             if fnmatchcase(path, pattern) or fnmatchcase(base, pattern):
-                names.extend(s for s in sibs if s not in names and s != base)
+                names.extend(s for s in sibs if s not in names and s.rstrip("?") != base)
         return tuple(names)
+
+    def is_run_scoped(self, path: str) -> bool:
+        base = path.rsplit("/", 1)[-1]
+        return any(fnmatchcase(path, g) or fnmatchcase(base, g) for g in self.run_scoped)
 
 
 @dataclass(frozen=True)

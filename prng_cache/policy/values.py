@@ -230,13 +230,41 @@ def plain_name(value: str, path: KeyPath) -> str:
     return value
 
 
+def companion_name(value: str, path: KeyPath) -> str:
+    """A plain file name; a trailing ``?`` marks it optional."""
+    plain_name(value[:-1] if value.endswith("?") else value, path)
+    if value in ("?", ""):
+        raise Invalid(path, f"expected a plain file name, got {value!r}")
+    return value
+
+
+def prefix_map(value: object, path: KeyPath) -> tuple[tuple[str, str], ...]:
+    """``{path prefix jobs name: prefix where the files really are}``; both
+    absolute, ending in ``/``; the target may start with ``{script_path}``."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise Invalid(path, f"expected a mapping of path prefix -> path prefix, got {type_name(value)}")
+    out = []
+    for src, dst in value.items():
+        if not isinstance(src, str) or not src.startswith("/") or not src.endswith("/"):
+            raise Invalid(path, f"expected absolute prefixes ending in '/' as keys, got {src!r}")
+        if not isinstance(dst, str) or not dst.endswith("/") or not (
+                dst.startswith("/") or dst.startswith("{script_path}")):
+            raise Invalid(path + (src,), f"expected an absolute prefix ending in '/' "
+                                          f"(or starting with {{script_path}}), got {dst!r}")
+        out.append((src, dst))
+    # longest prefix first: a more specific alias wins
+    return tuple(sorted(out, key=lambda p: -len(p[0])))
+
+
 def glob_to_names(value: object, path: KeyPath) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``{input glob: [plain file name, ...]}`` as a tuple of pairs (hashable)."""
     if value is None:
         return ()
     if not isinstance(value, Mapping):
         raise Invalid(path, f"expected a mapping of input glob -> list of file names, got {type_name(value)}")
-    names = string_list("file names", plain_name)
+    names = string_list("file names", companion_name)
     out = []
     for pattern, sibs in value.items():
         if not isinstance(pattern, str) or not pattern:
