@@ -30,7 +30,8 @@ def choose_victims(m: Manifest, now: float, *, max_age: float, max_bytes: int | 
     kept_leased = len(m.entries) - len(candidates)
     if remove_all:
         return candidates, kept_leased
-    victims = [k for k in candidates if now - m.entries[k].last_used > max_age]
+    # a run-scoped entry no lease holds belongs to an ended (or crashed) run
+    victims = [k for k in candidates if now - m.entries[k].last_used > max_age or m.entries[k].run_scoped]
     if max_bytes is not None:
         total = m.total_bytes - sum(m.entries[k].size for k in victims)
         for k in sorted((k for k in candidates if k not in victims), key=lambda k: m.entries[k].last_used):
@@ -120,7 +121,7 @@ def _hash_remote(store: NodeStore, path: str) -> str | None:
 
 
 def status_node(store: NodeStore) -> dict[str, Any]:
-    if not store.ensure_root(create=False):
+    if not store.ensure_root(create=False, tighten=False):
         usage = None
         with contextlib.suppress(OSError):
             usage = store.t.disk_usage(store.root.rsplit("/", 1)[0] or "/")

@@ -30,6 +30,9 @@ class Entry:
     files: dict[str, str]  # name -> xxh3-128 of that file's bytes
     added: float
     last_used: float
+    # needed for one run only: removed when its last lease ends (released,
+    # or expired and found by the next stage or gc)
+    run_scoped: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -65,6 +68,11 @@ class Manifest:
                 keys |= lease.hashes
         return keys
 
+    def orphaned_run_scoped(self, now: float, keep: set[str] = frozenset()) -> list[str]:
+        """Run-scoped entries no live lease holds (their run ended or crashed)."""
+        leased = self.leased_keys(now)
+        return [k for k, e in self.entries.items() if e.run_scoped and k not in leased and k not in keep]
+
     def drop_expired_leases(self, now: float) -> list[str]:
         gone = [rid for rid, l in self.leases.items() if l.expires <= now]
         for rid in gone:
@@ -84,6 +92,7 @@ class Manifest:
                     "files": e.files,
                     "added": e.added,
                     "last_used": e.last_used,
+                    **({"run_scoped": True} if e.run_scoped else {}),
                 }
                 for k, e in self.entries.items()
             },
@@ -133,8 +142,11 @@ def decode(data: bytes) -> tuple[Manifest | None, str | None]:
             size = e["size"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ValueError(f"bad size in entry {key}")
+            scoped = e.get("run_scoped", False)
+            if not isinstance(scoped, bool):
+                raise ValueError(f"bad run_scoped in entry {key}")
             m.entries[key] = Entry(size=size, files=dict(files), added=_time(e["added"], f"time in entry {key}"),
-                                   last_used=_time(e["last_used"], f"time in entry {key}"))
+                                   last_used=_time(e["last_used"], f"time in entry {key}"), run_scoped=scoped)
         for rid, l in doc["leases"].items():
             hashes = l["hashes"]
             if not isinstance(rid, str) or not isinstance(hashes, list):

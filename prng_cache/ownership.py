@@ -132,6 +132,7 @@ class CacheRoot:
         self.clock = clock
         self._uid: int | None = None
         self.tokens: set[str] = set()  # learnt from the last listing of the root
+        self.notes: list[str] = []  # what ensure_root changed (for the report)
 
     @property
     def host(self) -> str:
@@ -141,12 +142,14 @@ class CacheRoot:
         return "/".join((self.root,) + parts)
 
     # ------------------------------------------------------------ the root
-    def ensure_root(self, create: bool = True) -> bool:
+    def ensure_root(self, create: bool = True, tighten: bool = True) -> bool:
         """Check the cache root is a private directory of ours; create it.
 
         /dev/shm is world-writable: anyone could have made the root first,
         as a symlink to their own directory or with open permissions. Such a
-        root is refused for this node rather than written through.
+        root is refused for this node rather than written through. A root of
+        ours that others may read but not write (0755) is tightened to 0700
+        (``tighten=False``: reported as is, for read-only commands).
         Returns False when the root is missing and create is False.
         """
         if self._uid is None:
@@ -172,9 +175,18 @@ class CacheRoot:
         if info.uid != self._uid:
             raise UnsafeCacheRootError(
                 self.host, f"cache root {self.root} is owned by uid {info.uid}, not by us (uid {self._uid})")
-        if info.perms & 0o077:
+        if info.perms & 0o022:
+            # others could plant or swap entries: never trust, never tighten
             raise UnsafeCacheRootError(
-                self.host, f"cache root {self.root} has mode {info.perms:04o}; it must be private (0700)")
+                self.host, f"cache root {self.root} has mode {info.perms:04o} (group or others may write); "
+                           f"it must be private (0700)")
+        if info.perms & 0o077 and tighten:
+            # e.g. the users' own preload made it with `mkdir -p` (0755): ours,
+            # and nobody else can write in it; make it private
+            self.t.chmod(self.root, 0o700)
+            note = f"cache root {self.root} had mode {info.perms:04o}; tightened to 0700"
+            log.warning("%s: %s", self.host, note)
+            self.notes.append(note)
         return True
 
     # ------------------------------------------------------------ manifest

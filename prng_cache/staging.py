@@ -39,10 +39,21 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     host = store.host
     rep = NodeReport(host=host, status="ok", cache_root=store.root)
     store.ensure_root()
+    rep.warnings.extend(store.notes)
     snap = store.load()
     m = snap.manifest
     if snap.reset_reason:
         rep.warnings.append(f"{snap.reset_reason}: rebuilt")
+    # run-scoped copies of a run that crashed (its lease expired): RAM on an
+    # 8 GB node is not kept for gc.max_age; what this stage wants again stays
+    wanted = {b.key for b in bundles}
+    if m.orphaned_run_scoped(store.clock(), wanted):
+        gone = store.drop_orphaned_run_scoped(wanted)
+        for key in gone:
+            m.entries.pop(key, None)
+            snap.listing.pop(key, None)
+        if gone:
+            rep.warnings.append(f"removed {len(gone)} run-scoped input(s) of ended runs")
     if snap.leftovers or snap.untracked:
         # what a killed stager or a reset manifest left is never served; once
         # stale it only holds the node's RAM (8 GB rigs): reclaim what is
@@ -54,6 +65,9 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
             rep.warnings.append(f"removed {len(cleaned)} stale temporary or unrecorded item(s) of prng-cache's own "
                                 f"left by an interrupted run")
 
+    # kept only for their run: unless another bundle of this stage needs the
+    # same content beyond it
+    scoped = {b.key for b in bundles if b.run_scoped} - {b.key for b in bundles if not b.run_scoped}
     unique: dict[str, Bundle] = {}
     for b in bundles:
         unique.setdefault(b.key + "/" + b.name, b)
@@ -129,7 +143,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
 
     used = {b.key for b in present} | {p.bundle.key for p in published}
     try:
-        m, refused = store.commit(published, used, lease)
+        m, refused = store.commit(published, used, lease, scoped=scoped)
     except Exception as exc:
         # nothing was recorded, so nothing is served: what this stage just
         # published would only hold the node's RAM until gc.stale_temp

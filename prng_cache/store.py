@@ -178,7 +178,8 @@ class NodeStore(CacheRoot):
             raise
 
     def commit(self, published: list[Published], used: set[str],
-               lease: LeaseRequest | None = None) -> tuple[Manifest, dict[str, str]]:
+               lease: LeaseRequest | None = None,
+               scoped: set[str] = frozenset()) -> tuple[Manifest, dict[str, str]]:
         """Merge what this stage published into the manifest, under the lock.
 
         Re-reads the manifest so concurrent stagers' entries are kept; takes
@@ -234,7 +235,8 @@ class NodeStore(CacheRoot):
                             log.warning("%s: %s vanished before it was recorded", self.host, b.key)
                             continue
                     if entry is None:
-                        entry = m.entries[b.key] = Entry(size=0, files={}, added=now, last_used=now)
+                        entry = m.entries[b.key] = Entry(size=0, files={}, added=now, last_used=now,
+                                                         run_scoped=b.key in scoped)
                     for f in b.files:
                         if f.name in p.new_names or f.name not in entry.files:
                             entry.files[f.name] = f.hash
@@ -243,6 +245,8 @@ class NodeStore(CacheRoot):
                 for key in used:
                     if key in m.entries:
                         m.entries[key].last_used = now
+                        if key not in scoped:  # needed beyond one run now
+                            m.entries[key].run_scoped = False
                 m.drop_expired_leases(now)
                 if lease is not None:
                     keys = {k for k in used if k in m.entries}
@@ -275,18 +279,47 @@ class NodeStore(CacheRoot):
         return True
 
     def release(self, run_id: str) -> bool:
-        """Drop a run's lease and mark its entries used now."""
+        """Drop a run's lease and mark its entries used now; run-scoped
+        entries no other live lease holds are removed (manifest first, then
+        renamed into trash, under the lock)."""
         now = self.clock()
-        with self.lock():
-            m = self.load(warn=False).manifest
-            lease = m.leases.pop(run_id, None)
-            if lease is not None:
-                for key in lease.hashes:
-                    if key in m.entries:
-                        m.entries[key].last_used = now
-            m.drop_expired_leases(now)
-            self.write_manifest(m)
+        graves: list[str] = []
+        try:
+            with self.lock():
+                m = self.load(warn=False).manifest
+                lease = m.leases.pop(run_id, None)
+                if lease is not None:
+                    for key in lease.hashes:
+                        if key in m.entries:
+                            m.entries[key].last_used = now
+                m.drop_expired_leases(now)
+                gone = m.orphaned_run_scoped(now)
+                for key in gone:
+                    del m.entries[key]
+                self.write_manifest(m)
+                graves = self.bury(gone)
+        finally:
+            self.empty_trash(graves)
         return lease is not None
+
+    def drop_orphaned_run_scoped(self, keep: set[str]) -> list[str]:
+        """Remove run-scoped entries whose runs ended or crashed (no live
+        lease), except ``keep`` (wanted by the stage in progress)."""
+        now = self.clock()
+        graves: list[str] = []
+        try:
+            with self.lock():
+                m = self.load(warn=False).manifest
+                gone = m.orphaned_run_scoped(now, keep)
+                if not gone:
+                    return []
+                for key in gone:
+                    del m.entries[key]
+                self.write_manifest(m)
+                graves = self.bury(gone)
+        finally:
+            self.empty_trash(graves)
+        return gone
 
 
 def _entry_size(entry: Entry, bundle: Bundle) -> int:

@@ -550,3 +550,82 @@ def test_input_replaced_by_a_fifo_between_hashing_and_upload_falls_back(shm_root
     assert rep.status == "fallback" and "not a regular file" in rep.skipped[bs[0].path], rep.skipped
     assert bs[1].path in rep.staged
     assert not [n for n in os.listdir(shm_root) if n.startswith((".tmp-", ".trash-"))]
+
+
+def test_a_root_of_ours_readable_by_others_is_tightened_not_refused(shm_root, src):
+    """The users' preload made /dev/shm/prng with `mkdir -p` (0755, theirs):
+    accepted, made private, with a note naming the old and new mode; their
+    step directory is left exactly as it was."""
+    bs = bundles(src, "train_history.json")
+    os.makedirs(os.path.join(shm_root, "step2"))
+    os.chmod(shm_root, 0o755)
+    open(os.path.join(shm_root, "step2", "train_history.json"), "w").write("stale copy")
+    st = status_node(make_store(shm_root))  # read-only: reports, changes nothing
+    assert os.stat(shm_root).st_mode & 0o777 == 0o755 and "step2" in st["foreign"]
+    rep = stage_node(make_store(shm_root), bs)
+    assert rep.status == "ok" and rep.staged, rep
+    assert any("had mode 0755; tightened to 0700" in w for w in rep.warnings), rep.warnings
+    assert os.stat(shm_root).st_mode & 0o777 == 0o700
+    assert open(os.path.join(shm_root, "step2", "train_history.json")).read() == "stale copy"
+
+
+def _at(root, t):
+    return NodeStore(LocalTransport("t"), NodeSettings(mode="cache", cache_root=root, capacity=CapacityPolicy()),
+                     GcPolicy(), clock=lambda: t)
+
+
+def _scoped(src):
+    """A run-scoped chunk (read by one job) and a shared history file."""
+    (src / "scoring_chunks").mkdir()
+    (src / "scoring_chunks" / "chunk_0001.json").write_text("[1, 2, 3]" * 100)
+    pol = InputsPolicy(run_scoped=("*/scoring_chunks/*",))
+    jobs = [{"job_id": "j0", "script": "w.py", "args": [str(src / "scoring_chunks" / "chunk_0001.json"),
+                                                          str(src / "train_history.json")], "expected_output": "o0"},
+            {"job_id": "j1", "script": "w.py", "args": [str(src / "train_history.json")], "expected_output": "o1"}]
+    d = discover(jobs, pol, str(src))
+    chunk = d.bundles[str(src / "scoring_chunks" / "chunk_0001.json")]
+    hist = d.bundles[str(src / "train_history.json")]
+    assert chunk.run_scoped and not hist.run_scoped
+    return chunk, hist
+
+
+def test_run_scoped_inputs_leave_the_node_when_their_run_ends(shm_root, src):
+    chunk, hist = _scoped(src)
+    rep = stage_node(_at(shm_root, 1000.0), [chunk, hist], lease=LeaseRequest("run-1", ttl=3600))
+    assert set(rep.staged) == {chunk.path, hist.path}  # staged though read by one job
+    stage_node(_at(shm_root, 1000.0), [chunk], lease=LeaseRequest("run-2", ttl=3600))
+    _at(shm_root, 1001.0).release("run-1")
+    assert chunk.key in read_manifest(shm_root).entries  # run-2 still holds it
+    _at(shm_root, 1002.0).release("run-2")
+    m = read_manifest(shm_root)
+    assert chunk.key not in m.entries and hist.key in m.entries  # histories kept
+    assert not os.path.exists(os.path.join(shm_root, chunk.key))
+    assert not [n for n in os.listdir(shm_root) if n.startswith(".trash-")]
+
+
+def test_run_scoped_copies_of_a_crashed_run_go_at_the_next_stage_or_gc(shm_root, src):
+    chunk, hist = _scoped(src)
+    stage_node(_at(shm_root, 1000.0), [chunk, hist], lease=LeaseRequest("crashed", ttl=60))
+    # still leased: a gc keeps it
+    assert gc_node(_at(shm_root, 1010.0)).removed == []
+    # the lease expired; a later stage that does not need the chunk removes it
+    rep = stage_node(_at(shm_root, 2000.0), [hist], lease=LeaseRequest("next", ttl=60))
+    assert any("run-scoped" in w for w in rep.warnings), rep.warnings
+    assert chunk.key not in read_manifest(shm_root).entries
+    assert not os.path.exists(os.path.join(shm_root, chunk.key))
+    # and gc (without --all, long before gc.max_age) removes an orphaned one too
+    stage_node(_at(shm_root, 3000.0), [chunk], lease=LeaseRequest("crashed-2", ttl=60))
+    res = gc_node(_at(shm_root, 4000.0))
+    assert res.removed == [chunk.key] and hist.key in read_manifest(shm_root).entries
+
+
+def test_a_run_scoped_input_needed_beyond_its_run_is_kept(shm_root, src):
+    """The same content later staged as a normal input stops being run-scoped."""
+    chunk, hist = _scoped(src)
+    stage_node(_at(shm_root, 1000.0), [chunk], lease=LeaseRequest("run-1", ttl=3600))
+    (src / "kept.json").write_bytes((src / "scoring_chunks" / "chunk_0001.json").read_bytes())
+    plain = bundles(src, "kept.json")[0]  # the same bytes, needed beyond the run
+    assert not plain.run_scoped and plain.key == chunk.key
+    stage_node(_at(shm_root, 1001.0), [plain])
+    _at(shm_root, 1002.0).release("run-1")
+    assert chunk.key in read_manifest(shm_root).entries
