@@ -34,6 +34,7 @@ from .sockets import proxy_command, tcp_connect
 from .target import SSHTarget
 
 log = logging.getLogger(__name__)
+PARAMIKO_LOG = "prng_cache.transport.ssh.paramiko"
 
 #: our receive window / max packet for every channel (SFTP downloads)
 WINDOW_SIZE = 16 << 20
@@ -208,6 +209,8 @@ class Connector:
     def _ssh_connect(self, hop: SSHTarget, sock) -> paramiko.SSHClient:
         timeout = self.timeout
         client = paramiko.SSHClient()
+        # paramiko logs (with tracebacks) what we report once per node anyway
+        client.set_log_channel(tunnel.quiet_logger(PARAMIKO_LOG).name)
         label = self._hop_label(hop)
         loaded = hostkeys.apply_policy(client, hop, label, self.settings.strict_host_keys, self.host)
         keys = [f for f in hop.identity_files if os.path.isfile(f)]

@@ -43,20 +43,40 @@ from .target import SSHTarget
 log = logging.getLogger(__name__)
 
 
-class _AsDebug(logging.Filter):
-    """sshtunnel's own messages are debug detail here: what matters (the
-    gateway cannot reach a node, a listener cannot be bound) is raised as a
-    TransportError; its warnings (e.g. "Server is not started" when a dead
-    gateway's forwarder is stopped) would only be printed as noise."""
+class AsDebug(logging.Filter):
+    """Another library's messages are debug detail here: what matters (the
+    gateway cannot reach a node, a handshake failed) is raised as a
+    TransportError and reported once per node; their warnings and
+    tracebacks (sshtunnel's "Server is not started", paramiko's "Error
+    reading SSH protocol banner" when a forwarded connection closes) would
+    only be printed as noise. Each record is re-logged at DEBUG on our own
+    logger (seen with -v) and dropped: rewriting a record's level in a
+    filter is not enough, a handler with level NOTSET still prints it."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
+        if self.target.isEnabledFor(logging.DEBUG):
+            self.target.debug("%s: %s", record.name, record.getMessage(), exc_info=record.exc_info)
+        return False
+
+
+def quiet_logger(name: str) -> logging.Logger:
+    """A logger whose records go only to ``log`` at DEBUG level."""
+    lg = logging.getLogger(name)
+    if not any(isinstance(f, AsDebug) for f in lg.filters):
+        lg.addFilter(AsDebug(log))
+        # children (paramiko's ".sftp") stop here too; a handler must exist,
+        # or logging's last resort would print their warnings anyway
+        lg.addHandler(logging.NullHandler())
+        lg.propagate = False
+    return lg
 
 
 #: handed to sshtunnel, which would otherwise create its own console handler
-_SSHTUNNEL_LOG = logging.getLogger(__name__ + ".sshtunnel")
-_SSHTUNNEL_LOG.addFilter(_AsDebug())
+_SSHTUNNEL_LOG = quiet_logger(__name__ + ".sshtunnel")
 _LOOPBACK = ("127.0.0.1", 0)  # never 0.0.0.0 (sshtunnel's default): no tunnel for the network
 #: how often a listener looks whether it is to stop: stopping waits for it
 #: (sshtunnel's 0.1 s made closing a jump host's last node take ~30 ms)
@@ -79,10 +99,20 @@ _CALLS = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+_HOOK_LOCK = threading.Lock()
+
+
 def hook_problems() -> tuple[str, ...]:
     """What this module needs from the installed sshtunnel and does not
-    find (empty: all there)."""
+    find (empty: all there). Computed once, under a lock: nodes connect in
+    parallel and ``ast.parse`` (behind ``inspect.getsource``) is not
+    thread-safe."""
+    with _HOOK_LOCK:
+        return _hook_problems()
+
+
+@functools.lru_cache(maxsize=None)
+def _hook_problems() -> tuple[str, ...]:
     problems = [f"SSHTunnelForwarder.{n} is missing" for n in _HOOKS if not hasattr(sshtunnel.SSHTunnelForwarder, n)]
     for cls, needle, what in _CALLS:
         try:
