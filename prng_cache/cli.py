@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="store_true", help="remove corrupt entries")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser("doctor", parents=common_node,
+                       help="check, before a real run, that adoption will work (nothing is written to nodes)")
+    p.add_argument("--jobs-file", metavar="FILE", help="also check these jobs' inputs (no node contacted)")
+    p.add_argument("--coordinator", metavar="FILE",
+                   help="also check that this coordinator source calls the hooks (read, never run)")
+    p.set_defaults(func=cmd_doctor)
+
     from .bench import add_parser as add_bench_parser  # numpy/matplotlib load only when it runs
 
     add_bench_parser(sub)
@@ -155,6 +162,25 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     return _report_nodes(args, Context(args).each_node(lambda s: verify_node(s, fix=args.fix)), render_verify)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    d = diagnose(config=args.config, policy_file=args.policy, cache_root=args.cache_root, node=args.node,
+                 jobs_file=args.jobs_file, coordinator=args.coordinator)
+    lines = []
+    for c in d.checks:
+        mark = "ok  " if c.ok and not c.warning else "note" if c.ok else "FAIL"
+        lines.append(f"{mark}  {c.name}: {c.detail}")
+        if c.fix:
+            lines.append(f"      fix: {c.fix}")
+    failed = sum(not c.ok for c in d.checks)
+    lines.append("ready: adoption should work" if d.ready else f"not ready: {failed} check(s) failed")
+    _emit(args, d.to_dict(), "\n".join(lines))
+    for exc in d.errors:  # as every command words a malformed user file (exit 2)
+        print(f"prng-cache: error: {exc}", file=sys.stderr)
+    return d.exit_code
 
 
 def _first_interrupt(signum, frame) -> None:
