@@ -121,6 +121,7 @@ class PrngCachePlugin:
         self.rewritten: set[str] = set()
         self.fallback: set[str] = set()
         self.aliased: set[str] = set()
+        self.counted: set[tuple[str, str]] = set()  # (job id, host) dispatches counted
         self.missing: dict[str, int] = {}
         self.stage_seconds = 0.0
         self.start_error: str | None = None
@@ -176,15 +177,23 @@ class PrngCachePlugin:
         # a node not staged this run (no jobs at run start) counts as direct
         return _Route(self.plan.mapping_for(node, staged), staged, rep is not None and status != "direct")
 
-    def _route(self, node: Any) -> _Route | None:
-        host = attr(coordinator_node(node), "hostname")
+    def _route(self, node: Any) -> tuple[str, _Route | None]:
+        # the common shapes first: this runs on every dispatch
+        host = node.get("hostname") if type(node) is dict else getattr(node, "hostname", None)
+        if host is None:
+            host = attr(coordinator_node(node), "hostname")
         try:
-            return self.routes[host]
+            return host, self.routes[host]
         except KeyError:  # a node the run did not announce (a retry target)
             r = self.routes[host] = self._route_for(as_node(coordinator_node(node)))
-            return r
+            return host, r
 
-    def _count(self, jid: str, route: _Route) -> None:
+    def _count(self, jid: str, host: str, route: _Route) -> None:
+        """Count a dispatch once per (job, node): the outcome is fixed for the run."""
+        seen = (jid, host)
+        if seen in self.counted:
+            return
+        self.counted.add(seen)
         need = self.plan.job_inputs.get(jid)
         staged = route.staged
         if need:
@@ -202,13 +211,14 @@ class PrngCachePlugin:
         if not self.active or env_disabled():
             return None
         try:
-            route = self._route(node)
+            host, route = self._route(node)
             if route is None:
                 return None
-            self._count(job_id(job), route)
+            jid = job_id(job)
+            self._count(jid, host, route)
             if not route.mapping:
                 return None
-            return self.plan.args_for(job, route.mapping)
+            return self.plan.args_for(job, route.mapping, jid=jid)
         except Exception:
             log.exception("prng-cache: rewriting a job failed; it keeps its original arguments")
             return None
@@ -218,10 +228,10 @@ class PrngCachePlugin:
         if not self.active or env_disabled():
             return None
         try:
-            route = self._route(node)
+            host, route = self._route(node)
             if route is None or not isinstance(payload, Mapping):
                 return None
-            self._count(job_id(job), route)
+            self._count(job_id(job), host, route)
             if not route.mapping:
                 return None
             return self.plan.payload_for(job, payload, route.mapping)

@@ -117,13 +117,14 @@ class RunPlan:
                 out[legacy] = there
         return out
 
-    def args_for(self, job: Any, staged: Mapping[str, str]) -> list[Any] | None:
+    def args_for(self, job: Any, staged: Mapping[str, str], *, jid: str | None = None) -> list[Any] | None:
         """``job``'s arguments with every path ``staged`` maps (a path as
         the job names it, resolved -> the path to send; see
         :meth:`mapping_for`) replaced, as a new list; None when nothing is
-        replaced (the job keeps its own arguments). Never changes ``job``."""
+        replaced (the job keeps its own arguments). Never changes ``job``.
+        ``jid``: the job's id, when the caller has it already."""
         original = job_args(job)
-        new = self._args(job_id(job), original, job_expected_output(job), staged)
+        new = self._args(job_id(job) if jid is None else jid, original, job_expected_output(job), staged)
         return None if new == original else new
 
     def _args(self, jid: str, original: list[Any], expected: str | None, staged: Mapping[str, str]) -> list[Any]:
