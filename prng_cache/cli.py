@@ -17,9 +17,9 @@ from .jobs import load_jobs
 from .maintenance import gc_node, status_node, verify_node
 from .nodeops import on_nodes, run_on_node
 from .policy import Policy, load_policy
-from .reports import (OK_STATUSES, NodeReport, Render, fmt_bytes, node_results, render_gc, render_status,
-                      render_verify, stage_doc, stage_text)
-from .run import plan_run
+from .reports import (OK_STATUSES, NodeReport, Render, fmt_bytes, missing_inputs_line, no_inputs_line, node_results,
+                      render_gc, render_status, render_verify, stage_doc, stage_text)
+from .run import RunPlan, plan_run
 from .staging import held_inputs
 from .store import NodeStore
 
@@ -117,11 +117,25 @@ def _progress(args: argparse.Namespace) -> Callable[[str, str, dict], None]:
 
 
 # ---------------------------------------------------------------- commands
+def _warn_inputs(plan: RunPlan, jobs: int) -> None:
+    """Warning lines (stderr) for what the jobs name that is not there."""
+    line = missing_inputs_line(plan.missing, plan.discovery.missing_aliases)
+    if line:
+        log.warning("%s", line)
+    if jobs and not plan.found:
+        log.warning("%s", no_inputs_line(jobs, plan.base_dir))
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     ctx = Context(args)
-    plan = plan_run(load_jobs(args.jobs_file), ctx.nodes, ctx.policy, min_jobs=args.min_jobs)
+    jobs = load_jobs(args.jobs_file)
+    plan = plan_run(jobs, ctx.nodes, ctx.policy, min_jobs=args.min_jobs)
+    _warn_inputs(plan, len(jobs))
     reports = plan.stage(ctx.selected, progress=_progress(args))
-    _emit(args, stage_doc(reports, len(plan.bundles), plan.skipped), stage_text(reports, plan.skipped))
+    # missing inputs are reported, never a reason to fail: the exit code says
+    # whether the nodes could be served
+    _emit(args, stage_doc(reports, len(plan.bundles), plan.skipped, plan.missing, plan.found),
+          stage_text(reports, plan.skipped, plan.missing))
     return 0 if all(r.status in OK_STATUSES for r in reports.values()) else 1
 
 
@@ -131,14 +145,17 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     jobs = load_jobs(args.jobs_file)
     # map everything the node holds, however many jobs use it
     plan = plan_run(jobs, ctx.nodes, ctx.policy, min_jobs=1)
+    _warn_inputs(plan, len(jobs))
     held = run_on_node(node, ctx.policy, lambda store: held_inputs(store, plan.bundles))
-    staged: dict[str, str] = {}
+    mapping: dict[str, str] | None
     if isinstance(held, NodeReport):
         if held.status == "error":
             print(f"prng-cache: {node.hostname}: {held.reason}; jobs keep their original paths", file=sys.stderr)
+        # off: exactly as given; direct or failed: aliased arguments name the node's own files
+        mapping = None if held.status == "off" else plan.mapping_for(node, {})
     else:
-        staged = held
-    out = [dict(job, args=plan.args_for(job, staged) or job["args"]) for job in jobs]
+        mapping = plan.mapping_for(node, held)
+    out = [dict(job, args=(plan.args_for(job, mapping) if mapping else None) or job["args"]) for job in jobs]
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

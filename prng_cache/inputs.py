@@ -10,19 +10,28 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .errors import HashError
 from .hashing import HashMemo, bundle_key, hash_and_stat
-from .jobs import job_args, job_expected_output, job_id
+from .jobs import job_args, job_expected_output, job_id, job_payload, payload_values
 from .model import Bundle, BundleFile, is_safe_name
 from .policy import InputsPolicy
-from .rewrite import iter_path_tokens, resolve
+from .rewrite import alias_match, alias_target, iter_path_tokens, looks_like_path, resolve
 
 V = TypeVar("V")
+
+
+class Alias(NamedTuple):
+    """An argument under an ``inputs.path_aliases`` prefix: the file it
+    really names."""
+
+    path: str  # the aliased file on the coordinator: the input that is hashed and staged
+    target: str  # the policy's target prefix, e.g. "{script_path}/"
+    rest: str  # the argument's path below the alias prefix
 
 
 @dataclass
@@ -30,6 +39,14 @@ class Discovery:
     bundles: dict[str, Bundle] = field(default_factory=dict)  # only inputs chosen for caching
     users: dict[str, set[str]] = field(default_factory=dict)  # every candidate -> job ids
     skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why not cached
+    # legacy path a job names (resolved) -> the aliased file, for every
+    # argument under an alias prefix whose aliased file exists here
+    aliased: dict[str, Alias] = field(default_factory=dict)
+    # path-like arguments that exist nowhere on the coordinator -> job ids
+    # (for an aliased argument: its aliased path)
+    missing: dict[str, set[str]] = field(default_factory=dict)
+    # aliased path -> the legacy path a job named, for the missing ones
+    missing_aliases: dict[str, str] = field(default_factory=dict)
 
     def staged(self, cache_root: str) -> dict[str, str]:
         """Mapping for rewrite_args when every bundle is present under cache_root."""
@@ -63,6 +80,18 @@ def _matches(path: str, patterns: Iterable[str]) -> str | None:
     return None
 
 
+def job_tokens(job: Any, policy: InputsPolicy, base_dir: str) -> Iterator[str]:
+    """Every string of ``job`` that may name an input file: its args' path
+    tokens (outputs, URLs, JSON, numbers and flags left out) and the values
+    of ``policy.payload_keys`` in its payload (coordinator.py's jobs)."""
+    out = job_expected_output(job)
+    for _, _, value in iter_path_tokens(job_args(job), policy.output_flags, out, base_dir=base_dir):
+        yield value
+    for _, v in payload_values(job_payload(job), policy.payload_keys):
+        for _, _, value in iter_path_tokens([v], policy.output_flags, out, base_dir=base_dir):
+            yield value
+
+
 def discover(
     jobs: Iterable[Any],
     policy: InputsPolicy,
@@ -70,18 +99,36 @@ def discover(
     memo: HashMemo | None = None,
     min_jobs: int | None = None,
 ) -> Discovery:
+    """Which files the jobs read (coordinator paths, relative names resolved
+    against ``base_dir``), which of them to cache, and their keys.
+
+    An argument under an ``inputs.path_aliases`` prefix stands for the
+    aliased file (``{script_path}`` is ``base_dir`` here): that file is
+    stat'ed, hashed and matched against every glob; the legacy path itself
+    is never read, even when it exists (it may be a stale copy)."""
     need = policy.min_jobs if min_jobs is None else min_jobs
     d = Discovery()
+    aliases = policy.path_aliases
     not_files: set[str] = set()  # stat each distinct path once
+    absent: set[str] = set()  # ...of which these do not exist at all
     # path -> (st_dev, st_ino): spellings of one file ("data/x", "../w/data/x")
     # count their jobs together for min_jobs
     ident: dict[str, tuple[int, int]] = {}
+    legacy_of: dict[str, str] = {}  # aliased path -> a legacy path naming it
     for job in jobs:
         jid = job_id(job)
-        tokens = iter_path_tokens(job_args(job), policy.output_flags,
-                                  job_expected_output(job), base_dir=base_dir)
-        for _, _, value in tokens:
+        for value in job_tokens(job, policy, base_dir):
             p = resolve(value, base_dir)
+            if aliases:
+                hit = alias_match(p, aliases)
+                if hit is not None:
+                    target, rest = hit
+                    real = alias_target(target, rest, base_dir)
+                    if real is not None:
+                        if p not in d.aliased:
+                            d.aliased[p] = Alias(real, target, rest)
+                            legacy_of.setdefault(real, p)
+                        p = real
             if p in d.users:
                 d.users[p].add(jid)
             elif p not in not_files:
@@ -98,6 +145,18 @@ def discover(
                     ident[p] = (st.st_dev, st.st_ino)
                 else:
                     not_files.add(p)
+                    if st is None:
+                        absent.add(p)
+                        if looks_like_path(value) and _matches(p, policy.exclude) is None:
+                            d.missing[p] = {jid}
+            elif p in d.missing:
+                d.missing[p].add(jid)
+            elif p in absent and looks_like_path(value) and _matches(p, policy.exclude) is None:
+                d.missing[p] = {jid}
+    # an aliased argument whose aliased file is not here is left as it is
+    for legacy in [q for q, a in d.aliased.items() if a.path not in d.users]:
+        del d.aliased[legacy]
+    d.missing_aliases = {p: legacy_of[p] for p in d.missing if p in legacy_of}
     jobs_of_file: dict[tuple[int, int], set[str]] = {}
     for p, who in d.users.items():
         jobs_of_file.setdefault(ident[p], set()).update(who)

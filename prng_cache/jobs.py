@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import JobsFileError
@@ -68,12 +69,42 @@ def job_id(job: Any) -> str:
     return str(attr(job, "job_id"))
 
 
+def job_payload(job: Any) -> Mapping[str, Any] | None:
+    """What coordinator.py sends a worker: ``job.payload`` of a ``JobSpec``;
+    a plain dict job (a jobs-file entry, a step-1 sieve payload) is its own
+    payload; None for other objects."""
+    p = attr(job, "payload")
+    if isinstance(p, Mapping):
+        return p
+    return job if isinstance(job, Mapping) else None
+
+
 def job_args(job: Any) -> list[Any]:
-    """The job's original arguments as they are (a new list each call).
+    """The job's original arguments as they are (a new list each call):
+    ``job.args``, or for coordinator.py's ``JobSpec`` ``job.payload["args"]``.
 
     Items are never converted: only string items can be paths, and a number,
     None or dict must reach the job as itself, not as its str()."""
-    return list(attr(job, "args") or ())
+    args = attr(job, "args")
+    if args is None:
+        p = attr(job, "payload")
+        if isinstance(p, Mapping):
+            args = p.get("args")
+    return list(args or ())
+
+
+def payload_values(payload: Mapping[str, Any] | None, keys: Iterable[str]) -> list[tuple[str, str]]:
+    """``(key, value)`` for each of ``keys`` (``inputs.payload_keys``) whose
+    value in ``payload`` is a non-empty string: the paths a payload names
+    outside its args (step 1's ``dataset_path``)."""
+    if not payload:
+        return []
+    out = []
+    for k in keys:
+        v = payload.get(k)
+        if isinstance(v, str) and v:
+            out.append((k, v))
+    return out
 
 
 def job_expected_output(job: Any) -> str | None:

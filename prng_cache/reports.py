@@ -98,12 +98,44 @@ class VerifyResult:
 
 
 # ------------------------------------------------------------------ stage
-def stage_doc(reports: Mapping[str, NodeReport], staged: int, skipped: Mapping[str, str]) -> dict[str, Any]:
-    return {"nodes": {h: r.to_dict() for h, r in reports.items()},
-            "inputs": {"staged": staged, "skipped": dict(skipped)}}
+def missing_inputs_line(missing: Mapping[str, int], legacy: Mapping[str, str] | None = None,
+                        *, show: int = 5) -> str | None:
+    """One warning line naming the path-like arguments that exist nowhere
+    on the coordinator (``missing``: path -> jobs); ``legacy``: aliased
+    path -> the legacy path the jobs named. None when there are none."""
+    if not missing:
+        return None
+    legacy = legacy or {}
+
+    def one(p: str) -> str:
+        named = f", named as {legacy[p]}" if p in legacy else ""
+        return f"{p} ({missing[p]} job(s){named})"
+
+    names = sorted(missing)
+    text = "; ".join(one(p) for p in names[:show])
+    if len(names) > show:
+        text += f"; and {len(names) - show} more"
+    return (f"{len(names)} input path(s) named by the jobs exist nowhere on the coordinator; "
+            f"those arguments are left as given: {text}")
 
 
-def stage_text(reports: Mapping[str, NodeReport], skipped: Mapping[str, str]) -> str:
+def no_inputs_line(jobs: int, base_dir: str) -> str:
+    """The warning when a non-empty jobs file names no file that exists."""
+    return (f"no input files found in the {jobs} job(s): no argument names a file that exists on the "
+            f"coordinator (relative names are resolved against {base_dir}; see inputs.base_dir, "
+            "inputs.path_aliases)")
+
+
+def stage_doc(reports: Mapping[str, NodeReport], staged: int, skipped: Mapping[str, str],
+              missing: Mapping[str, int] | None = None, found: int | None = None) -> dict[str, Any]:
+    inputs: dict[str, Any] = {"staged": staged, "skipped": dict(skipped), "missing": dict(missing or {})}
+    if found is not None:
+        inputs["found"] = found
+    return {"nodes": {h: r.to_dict() for h, r in reports.items()}, "inputs": inputs}
+
+
+def stage_text(reports: Mapping[str, NodeReport], skipped: Mapping[str, str],
+               missing: Mapping[str, int] | None = None) -> str:
     lines = []
     for h, r in reports.items():
         line = (f"{h:<16} {r.status:<8} copied {r.copied_files} file(s), {fmt_bytes(r.copied_bytes)}; "
@@ -116,11 +148,15 @@ def stage_text(reports: Mapping[str, NodeReport], skipped: Mapping[str, str]) ->
     if skipped:
         lines.append("inputs not cached (jobs read them from their original paths):")
         lines += [f"  {p}: {why}" for p, why in sorted(skipped.items())]
+    if missing:
+        lines.append("inputs that exist nowhere on the coordinator (jobs keep these arguments):")
+        lines += [f"  {p}: {n} job(s)" for p, n in sorted(missing.items())]
     return "\n".join(lines) or "no nodes"
 
 
 def run_report(run_id: str, *, enabled: bool, reports: Mapping[str, NodeReport], rewritten: int,
                fallback: int, stage_seconds: float, released: Mapping[str, bool | str],
+               aliased: int = 0, missing: Mapping[str, int] | None = None,
                error: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """The plugin's report of one coordinator run (``coordinator_run_end``)."""
     copied = sum(r.copied_files for r in reports.values())
@@ -133,9 +169,18 @@ def run_report(run_id: str, *, enabled: bool, reports: Mapping[str, NodeReport],
                       if k in ("status", "copied_files", "copied_bytes", "present_files", "reason",
                                "cache_id", "warnings", "seconds")}
                   for h, r in reports.items()},
+        # jobs sent at least one RAM copy
         "rewritten_jobs": rewritten,
-        # dispatches that had to read at least one cacheable input from its original path
+        # jobs on a node that was to serve from RAM but could not serve at
+        # least one of their cacheable inputs (they read it from its original
+        # path: for an aliased argument, the node's own aliased path)
         "fallback_jobs": fallback,
+        # jobs that had at least one legacy alias path sent to the node's own
+        # aliased file (a direct node, or an input not in its RAM)
+        "aliased_jobs": aliased,
+        # path-like arguments that exist nowhere on the coordinator -> jobs
+        # naming them (left as given; not fallback jobs)
+        "missing_inputs": dict(missing or {}),
         "hit_rate": round(present / (present + copied), 3) if present + copied else None,
         "copied_bytes": sum(r.copied_bytes for r in reports.values()),
         # bytes already on the nodes that this run did not have to copy

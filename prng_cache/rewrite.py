@@ -68,6 +68,66 @@ def _clean(p: str) -> str:
     return out
 
 
+# ------------------------------------------------------------ path aliases
+#: how an alias target names the node's script_path (``inputs.path_aliases``)
+SCRIPT_PATH = "{script_path}"
+
+
+def alias_match(path: str, aliases: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """``(target, rest)`` when the resolved ``path`` lies under one of
+    ``aliases`` (``(prefix jobs name, target prefix)``, longest prefix
+    first, as the policy keeps them); else None.
+
+    A rest with a ``..`` component is not aliased: the kernel resolves it
+    against the legacy directory, which the alias target is not."""
+    for prefix, target in aliases:
+        if path.startswith(prefix):
+            rest = path[len(prefix):]
+            if rest and rest[-1:] != "/" and ".." not in rest.split("/"):
+                return target, rest
+            return None
+    return None
+
+
+def alias_target(target: str, rest: str, script_path: str, *, local: bool = True) -> str | None:
+    """The path an aliased argument means on a machine whose script_path is
+    ``script_path`` (``{script_path}`` in ``target`` expanded).
+
+    A ``~`` script_path is expanded on the coordinator (``local``); on
+    another node the file is named relative to the job's working directory
+    (its script_path, where the coordinator starts every job), because no
+    shell expands ``~`` in an argument. None when that is not possible."""
+    if not target.startswith(SCRIPT_PATH):
+        return target + rest
+    tail = target[len(SCRIPT_PATH):]
+    if script_path[:1] == "~":
+        if local:
+            script_path = posixpath.expanduser(script_path)
+        elif tail[:1] == "/":
+            return tail[1:] + rest
+        else:
+            return None
+    return script_path.rstrip("/") + tail + rest
+
+
+# ------------------------------------------------- what looks like a file path
+#: extensions that make a bare name (no "/") look like a data file
+DATA_EXTENSIONS = frozenset((
+    "json", "jsonl", "npz", "npy", "csv", "tsv", "txt", "pkl", "pickle", "parquet", "feather",
+    "h5", "hdf5", "bin", "dat", "yaml", "yml", "gz", "bz2", "xz", "zst", "zip",
+))
+
+
+def looks_like_path(value: str) -> bool:
+    """An argument (already known not to be a URL, JSON, number, flag or
+    output) that names a file: absolute, containing a ``/``, or a bare name
+    with a common data extension. Used to report inputs that exist nowhere."""
+    if "/" in value:
+        return True
+    _, dot, ext = value.rpartition(".")
+    return bool(dot) and ext.lower() in DATA_EXTENSIONS
+
+
 _NUM_START = frozenset("0123456789+-.")
 
 

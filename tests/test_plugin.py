@@ -55,7 +55,19 @@ def test_entry_point_registers_prng_cache():
     pm = plugin_manager()
     assert "prng_cache" in dict(pm.list_name_plugin())
     names = {h for h in dir(pm.hook) if h.startswith("coordinator_")}
-    assert names == {"coordinator_run_start", "coordinator_job_args", "coordinator_run_end"}
+    assert names == {"coordinator_run_start", "coordinator_job_args", "coordinator_job_payload",
+                     "coordinator_run_end"}
+    # the coordinators' calls: the three original hooks keep their signatures exactly
+    spec = {n: getattr(pm.hook, n).spec for n in names}
+    assert {n: s.argnames for n, s in spec.items()} == {
+        "coordinator_run_start": ("run_id", "nodes", "jobs", "assignments"),
+        "coordinator_job_args": ("node", "job"),
+        "coordinator_job_payload": ("node", "job", "payload"),
+        "coordinator_run_end": ("run_id", "results"),
+    }
+    assert {n: bool(s.opts.get("firstresult")) for n, s in spec.items()} == {
+        "coordinator_run_start": False, "coordinator_job_args": True, "coordinator_job_payload": True,
+        "coordinator_run_end": False}
 
 
 def test_run_rewrites_leases_and_releases(setup):

@@ -255,3 +255,100 @@ def test_manifest_decode_of_a_damaged_valid_manifest(changes):
     (a NaN or infinite time, say a lease that never expires, is damage)."""
     assert decode(msgpack.packb(VALID, use_bin_type=True))[0] is not None
     _check_decode(msgpack.packb(mutated(changes), use_bin_type=True))
+
+
+# ------------------------------------------------------ path aliases (issue 11)
+LEGACY = "/dev/shm/prng-legacy-prop/step2"  # never created: an alias is never read
+ALIASED = ("a.npz", "d/b.json", "c.json")
+legacy_name = st.sampled_from(ALIASED + ("missing.json",))
+legacy_spelling = st.one_of(
+    legacy_name.map(lambda n: f"{LEGACY}/{n}"),
+    legacy_name.map(lambda n: f"{LEGACY}//./{n}"),
+    legacy_name.map(lambda n: f"{LEGACY}/{n}/"),
+    legacy_name.map(lambda n: f"{LEGACY}/x/../{n}"),
+    legacy_name.map(lambda n: f"{LEGACY}/../step2/{n}"),
+)
+alias_token = st.one_of(
+    legacy_spelling,
+    st.tuples(st.sampled_from(("--in", "-x") + OUT), legacy_spelling).map("=".join),
+    st.sampled_from(OUT), non_string, st.text(max_size=8), name,
+)
+
+
+def alias_may_change(args: list, target) -> dict[int, str]:
+    """index -> the value an aliased item must become (the spec, written
+    without the implementation): a legacy spelling that opens a name under
+    the prefix (no "..", a name last) -> ``target(name)``."""
+    out: dict[int, str] = {}
+    skip = False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if not isinstance(a, str):
+            continue
+        prefix, value = "", a
+        if a.startswith("-") and len(a) > 1 and not is_number(a):
+            flag, eq, value = a.partition("=")
+            if not eq:
+                skip = flag in OUT
+                continue
+            if flag in OUT:
+                continue
+            prefix = flag + "="
+        parts = value.split("/")
+        if not value.startswith("/") or parts[-1] in ("", ".", "..") or ".." in parts:
+            continue
+        clean = "/" + "/".join(p for p in parts if p not in ("", "."))
+        if clean.startswith(LEGACY + "/") and clean[len(LEGACY) + 1:] in ALIASED:
+            out[i] = prefix + target(clean[len(LEGACY) + 1:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def alias_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("alias-props") / "work"
+    for n in ALIASED:
+        os.makedirs(os.path.dirname(f"{base}/{n}"), exist_ok=True)
+        with open(f"{base}/{n}", "w") as f:
+            f.write("current " + n)
+    root = f"/dev/shm/prng-aliasprop-{os.getpid()}-{os.urandom(3).hex()}"
+    policy = Policy(cache_root=root, nodes=(NodeOverride("localhost", mode="cache"), NodeOverride("rig-d", mode="direct")),
+                    inputs=InputsPolicy(min_jobs=1, path_aliases=((LEGACY + "/", "{script_path}/"),)))
+    nodes = [{"hostname": "localhost", "script_path": str(base)}, {"hostname": "rig-d", "script_path": "/srv/d"}]
+    jobs = [{"job_id": f"a{i}", "args": [f"{LEGACY}/{n}"], "expected_output": "o.json"} for i, n in enumerate(ALIASED)]
+    p = PrngCachePlugin(policy)
+    p.coordinator_run_start(run_id="aprops", nodes=nodes, jobs=jobs, assignments={"localhost": jobs})
+    yield p, nodes, str(base), root
+    p.coordinator_run_end(run_id="aprops", results={})
+    for d, _, _ in os.walk(root):
+        os.chmod(d, 0o700)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@settings(FAST, max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(args=st.lists(alias_token, max_size=10))
+def test_aliased_spellings_map_to_the_aliased_file_and_nothing_else_changes(alias_run, args):
+    """On the cache node an aliased argument becomes the RAM copy of the
+    aliased file (its bytes), on a direct node that node's own aliased path;
+    a spelling that may open another file, or none, is left alone, and so is
+    every other item (non-path items: the same object)."""
+    p, (local, direct), base, root = alias_run
+    before = copy.deepcopy(args)
+    job = {"job_id": "j", "args": args, "expected_output": "out.json"}
+    on_direct = p.coordinator_job_args(node=direct, job=job) or list(args)
+    allowed = alias_may_change(args, lambda n: f"/srv/d/{n}")
+    on_cache = p.coordinator_job_args(node=local, job=job) or list(args)
+    for i, a in enumerate(args):
+        b, c = on_direct[i], on_cache[i]
+        if i in allowed:
+            assert b == allowed[i], (a, b)
+            flag, _, name = allowed[i].rpartition("/srv/d/")
+            assert c.startswith(flag + root + "/") and c.endswith("/" + name.rpartition("/")[2]), (a, c)
+            with open(c[len(flag):], "rb") as f:
+                assert f.read() == ("current " + name).encode()
+        elif isinstance(a, str) and a.startswith(("/dev/shm/prng-legacy", "--in=/dev", "-x=/dev")):
+            assert b == a and c == a, (a, b, c)
+        elif not isinstance(a, str):
+            assert b is a and c is a
+    assert repr(args) == repr(before)
