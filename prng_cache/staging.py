@@ -67,7 +67,9 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
 
     # kept only for their run: unless another bundle of this stage needs the
     # same content beyond it
-    scoped = {b.key for b in bundles if b.run_scoped} - {b.key for b in bundles if not b.run_scoped}
+    # (a stage without a run's lease, `prng-cache stage`, keeps them like any input)
+    scoped = ({b.key for b in bundles if b.run_scoped} - {b.key for b in bundles if not b.run_scoped}
+              if lease is not None else set())
     unique: dict[str, Bundle] = {}
     for b in bundles:
         unique.setdefault(b.key + "/" + b.name, b)

@@ -411,13 +411,15 @@ def test_missing_inputs_and_companions(cluster, setup, src, tmp_path):  # noqa: 
 
 def test_missing_inputs_follow_path_aliases(tmp_path):
     """A job naming /dev/shm/prng/step2/x (the users' preload path) is not
-    missing when x exists under the coordinator's script_path."""
+    missing when x exists under the coordinator's script_path; one whose
+    aliased file is absent is reported at the aliased path (where it must
+    be), as the stage reports it."""
     (tmp_path / "x.npz").write_bytes(b"1")
     policy = load_policy(None, cwd=str(tmp_path), env={})
     jobs = [{"job_id": "a", "args": ["/dev/shm/prng/step2/x.npz", "/dev/shm/prng/step3/y.npz"],
              "expected_output": "o.json"}]
     assert find_missing_inputs(jobs, policy, str(tmp_path), str(tmp_path)) == {
-        "/dev/shm/prng/step3/y.npz": {"a"}}
+        str(tmp_path / "y.npz"): {"a"}}
 
 
 def test_direct_and_off_nodes_are_not_contacted(tmp_path):
@@ -464,8 +466,9 @@ def test_coordinator_missing_one_hook_or_misusing_one(tmp_path):
     assert not c.ok and "hook.coordinator_job_args (or coordinator_job_payload) is never called" in c.detail
     assert "run_start is never" not in c.detail and "no import" not in c.detail
     positional = tmp_path / "positional.py"
-    positional.write_text(text.replace("coordinator_run_end(\n                run_id=self.run_id, results=out)",
-                                       "coordinator_run_end(self.run_id, out)"))
+    assert "coordinator_run_end(\n                run_id=self.run_id, results=results)" in text
+    positional.write_text(text.replace("coordinator_run_end(\n                run_id=self.run_id, results=results)",
+                                       "coordinator_run_end(self.run_id, results)"))
     [c] = check_coordinator(str(positional))
     assert not c.ok and re.search(r"hook.coordinator_run_end at line \d+ is given positional arguments", c.detail)
     lacking = tmp_path / "lacking.py"

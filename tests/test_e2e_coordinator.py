@@ -144,6 +144,20 @@ def test_disabled_cache_behaves_as_without_plugin(env, monkeypatch):
         assert not env.cluster[h].exists(env.root(h))
 
 
+def test_dry_run_stages_and_leases_nothing(env):
+    """The run-start hook sits after the coordinator's --dry-run return (the
+    README lines): a dry run contacts no node, stages and leases nothing."""
+    mod = env.mod
+    before = {h: env.cluster[h].log_text().count("Connection from") for h in REMOTES}
+    c = mod.ScriptsCoordinator(str(env.config), str(env.jobs), ssh_config=str(env.cluster.ssh_config),
+                               dry_run=True)
+    out = c.run()
+    assert out["dry_run"] is True and c.commands == []
+    for h in REMOTES:
+        assert not env.cluster[h].exists(env.root(h))
+        assert env.cluster[h].log_text().count("Connection from") == before[h]
+
+
 def test_readme_registration_lines_are_what_the_coordinator_uses():
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Register in scripts_coordinator.py", 1)[1].split("\n## ", 1)[0]

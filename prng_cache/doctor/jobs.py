@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
-from fnmatch import fnmatchcase
 from typing import Any
 
 from ..cluster import Node
 from ..errors import JobsFileError
-from ..jobs import job_args, job_expected_output, job_id, load_jobs
+from ..jobs import load_jobs
 from ..policy import Policy
 from ..reports import fmt_bytes
-from ..rewrite import iter_path_tokens, resolve
+from ..inputs import discover
 from ..run import RunPlan, plan_run
 
 
@@ -101,39 +100,13 @@ def _aliased(path: str, policy: Policy, script_path: str) -> str | None:
 
 def find_missing_inputs(jobs: Sequence[Any], policy: Policy, base: str,
                         script_path: str | None = None) -> dict[str, set[str]]:
-    """Paths the jobs name as inputs that do not exist on the coordinator:
-    resolved path -> job ids. A token counts when it is a path by shape
-    (absolute, or a name ending in a data extension) and is not a URL, a
-    JSON blob, a number, an output flag's value or the job's
-    ``expected_output`` (:func:`~prng_cache.rewrite.iter_path_tokens`), nor
-    excluded by ``inputs.exclude`` (databases, logs: written by the jobs).
-    A path under an ``inputs.path_aliases`` prefix counts only when its
-    alias does not exist either."""
-    script_path = script_path or base
-    missing: dict[str, set[str]] = {}
-    exists: dict[str, bool] = {}
-    for job in jobs:
-        tokens = iter_path_tokens(job_args(job), policy.inputs.output_flags, job_expected_output(job),
-                                  base_dir=base)
-        for _, _, value in tokens:
-            if not _looks_like_input(value):
-                continue
-            p = resolve(value, base)
-            if p not in exists:
-                base_name = posixpath.basename(p)
-                excluded = any(fnmatchcase(p, g) or fnmatchcase(base_name, g) for g in policy.inputs.exclude)
-                alias = _aliased(p, policy, script_path)
-                exists[p] = excluded or _exists(p) or (alias is not None and _exists(alias))
-            if not exists[p]:
-                missing.setdefault(p, set()).add(job_id(job))
-    return missing
-
-
-def _exists(p: str) -> bool:
-    try:
-        return os.path.exists(p)
-    except (ValueError, OSError):
-        return False
+    """Paths the jobs name as inputs that exist nowhere on the coordinator:
+    resolved path -> job ids. The stage's own rule (``Discovery.missing``:
+    path-shaped, not a URL, JSON, number, output or excluded; an aliased
+    argument counts at its aliased file), without hashing anything."""
+    # min_jobs beyond any count: candidates are stat'ed, never hashed;
+    # {script_path} of an alias is the coordinator's base directory
+    return discover(jobs, policy.inputs, script_path or base, min_jobs=1 << 62).missing
 
 
 def missing_inputs_check(jobs: Sequence[Any], policy: Policy, base: str, script_path: str,

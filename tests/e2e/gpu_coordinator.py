@@ -98,22 +98,22 @@ class MultiGPUCoordinator:
                 run_id=self.run_id, nodes=self.nodes, jobs=self.jobs, assignments=assignments)
         # --- end prng-cache ---
 
-        results = {job.job_id: self.execute(job, worker) for job, worker in pairs}
+        done = {job.job_id: self.execute(job, worker) for job, worker in pairs}
         for job, worker in pairs:  # failed jobs: again on localhost, same job object
-            r = results[job.job_id]
+            r = done[job.job_id]
             if not r.ok and not worker.node.is_localhost:
                 retry = self.execute(job, GPUWorker(self.localhost, 0))
                 retry.attempts = r.attempts + retry.attempts
-                results[job.job_id] = retry
-        out = {"run_id": self.run_id,
-               "jobs": {jid: {"ok": r.ok, "node": r.host, "attempts": r.attempts} for jid, r in results.items()},
-               "failed": sorted(jid for jid, r in results.items() if not r.ok)}
+                done[job.job_id] = retry
+        results = {"run_id": self.run_id,
+                   "jobs": {jid: {"ok": r.ok, "node": r.host, "attempts": r.attempts} for jid, r in done.items()},
+                   "failed": sorted(jid for jid, r in done.items() if not r.ok)}
 
         # --- prng-cache: report ---
         if plugins is not None:
-            out["plugins"] = [r for r in plugins.hook.coordinator_run_end(run_id=self.run_id, results=out) if r]
+            results["plugins"] = [r for r in plugins.hook.coordinator_run_end(run_id=self.run_id, results=results) if r]
         # --- end prng-cache ---
-        return out
+        return results
 
     def execute(self, job: JobSpec, worker: GPUWorker) -> Result:
         node = worker.node

@@ -66,7 +66,7 @@ class JobResult:
 
 class ScriptsCoordinator:
     def __init__(self, config_path: str, jobs_path: str, ssh_config: str | None = None,
-                 run_id: str | None = None, manifest_path: str | None = None):
+                 run_id: str | None = None, manifest_path: str | None = None, dry_run: bool = False):
         with open(config_path) as f:
             cfg = json.load(f)
         self.nodes = [NodeConfig(n["hostname"], n.get("username") or "", n.get("gpu_count", 1),
@@ -78,6 +78,7 @@ class ScriptsCoordinator:
         self.ssh_config = ssh_config
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S")
         self.manifest_path = manifest_path
+        self.dry_run = dry_run
         self.localhost = next(n for n in self.nodes if n.is_localhost)
         self.commands: list[tuple[str, str, list]] = []  # (host, job id, args sent)
 
@@ -86,14 +87,17 @@ class ScriptsCoordinator:
         assignments: dict[str, list[Job]] = {n.hostname: [] for n in self.nodes}
         for i, job in enumerate(self.jobs):
             assignments[self.nodes[i % len(self.nodes)].hostname].append(job)
+        if self.dry_run:  # as the users' --dry-run: nothing dispatched
+            return {"run_id": self.run_id, "dry_run": True,
+                    "assignments": {h: [j.job_id for j in js] for h, js in assignments.items()}}
 
-        # --- prng-cache: stage once per run, before the pre-flight steps ---
+        # --- prng-cache: stage once per run (after the dry-run return) ---
         if plugins is not None:
             plugins.hook.coordinator_run_start(
                 run_id=self.run_id, nodes=self.nodes, jobs=self.jobs, assignments=assignments)
         # --- end prng-cache ---
 
-        results: dict[str, JobResult] = {}
+        job_results: dict[str, JobResult] = {}
         by_host = {n.hostname: n for n in self.nodes}
 
         def run_node(host: str) -> None:
@@ -102,33 +106,34 @@ class ScriptsCoordinator:
                 futs = {job.job_id: ex.submit(self._execute_job, node, job, i % max(1, node.gpu_count))
                         for i, job in enumerate(assignments[host])}
                 for jid, fut in futs.items():
-                    results[jid] = fut.result()
+                    job_results[jid] = fut.result()
 
         with ThreadPoolExecutor(max_workers=len(self.nodes)) as ex:
             list(ex.map(run_node, [h for h in assignments if assignments[h]]))
 
         # failed jobs are re-run on localhost with the same job object
         for job in self.jobs:
-            r = results[job.job_id]
+            r = job_results[job.job_id]
             if not r.ok and not by_host[r.node].is_localhost:
                 retry = self._execute_job(self.localhost, job, 0)
                 retry.attempts = r.attempts + retry.attempts
-                results[job.job_id] = retry
+                job_results[job.job_id] = retry
 
-        out = {"run_id": self.run_id,
-               "jobs": {jid: {"node": r.node, "ok": r.ok, "attempts": r.attempts} for jid, r in results.items()},
-               "failed": sorted(jid for jid, r in results.items() if not r.ok)}
+        results = {"run_id": self.run_id,
+                   "jobs": {jid: {"node": r.node, "ok": r.ok, "attempts": r.attempts}
+                            for jid, r in job_results.items()},
+                   "failed": sorted(jid for jid, r in job_results.items() if not r.ok)}
 
         # --- prng-cache: report, before the run manifest is written ---
         if plugins is not None:
-            out["plugins"] = [r for r in plugins.hook.coordinator_run_end(
-                run_id=self.run_id, results=out) if r]
+            results["plugins"] = [r for r in plugins.hook.coordinator_run_end(
+                run_id=self.run_id, results=results) if r]
         # --- end prng-cache ---
 
         if self.manifest_path:
             with open(self.manifest_path, "w") as f:
-                json.dump(out, f, indent=2)
-        return out
+                json.dump(results, f, indent=2)
+        return results
 
     # ------------------------------------------------------------- dispatch
     def _build_command(self, node: NodeConfig, job: Job, gpu_id: int) -> str:
