@@ -46,7 +46,7 @@ def as_node(obj: Any) -> Node:
         return obj
     return Node(
         hostname=str(attr(obj, "hostname")),
-        username=attr(obj, "username"),
+        username=attr(obj, "username") or None,  # "" (coordinators' default): none given
         script_path=attr(obj, "script_path", ".") or ".",
         python_env=attr(obj, "python_env", "python3") or "python3",
         gpu_count=attr(obj, "gpu_count", 0) or 0,

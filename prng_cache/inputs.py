@@ -72,6 +72,11 @@ class Discovery:
         return out
 
 
+def _under_alias(path: str, aliases: Iterable[tuple[str, str]]) -> bool:
+    norm = posixpath.normpath(path)
+    return any(path.startswith(src) or (norm + "/").startswith(src) for src, _ in aliases)
+
+
 def _matches(path: str, patterns: Iterable[str]) -> str | None:
     base = posixpath.basename(path)
     for pat in patterns:
@@ -121,14 +126,22 @@ def discover(
             p = resolve(value, base_dir)
             if aliases:
                 hit = alias_match(p, aliases)
-                if hit is not None:
-                    target, rest = hit
-                    real = alias_target(target, rest, base_dir)
-                    if real is not None:
-                        if p not in d.aliased:
-                            d.aliased[p] = Alias(real, target, rest)
-                            legacy_of.setdefault(real, p)
-                        p = real
+                if hit is None and _under_alias(p, aliases) and not p.endswith(("/", "/.", "/..")):
+                    # "<prefix>/../step2/x", "<prefix>/sub/../x": the preload
+                    # area holds plain directories, so the lexical form is the
+                    # file meant; it is the aliased file, never the copy
+                    hit = alias_match(posixpath.normpath(p), aliases)
+                real = alias_target(hit[0], hit[1], base_dir) if hit is not None else None
+                if real is not None:
+                    if p not in d.aliased:
+                        d.aliased[p] = Alias(real, hit[0], hit[1])
+                        legacy_of.setdefault(real, p)
+                    p = real
+                elif _under_alias(p, aliases):
+                    # a legacy path spelled so it cannot be aliased (".."
+                    # inside, a trailing "/"): never hash or stage it, its
+                    # copy may be stale; the job keeps it as given
+                    continue
             if p in d.users:
                 d.users[p].add(jid)
             elif p not in not_files:

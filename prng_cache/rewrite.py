@@ -118,12 +118,16 @@ DATA_EXTENSIONS = frozenset((
 ))
 
 
+_NOT_A_PATH = re.compile(r"[0-9][0-9/.:-]*")
+
+
 def looks_like_path(value: str) -> bool:
     """An argument (already known not to be a URL, JSON, number, flag or
     output) that names a file: absolute, containing a ``/``, or a bare name
     with a common data extension. Used to report inputs that exist nowhere."""
     if "/" in value:
-        return True
+        # a date (2024/01/02) or a ratio (3/4) is not a path
+        return not _NOT_A_PATH.fullmatch(value)
     _, dot, ext = value.rpartition(".")
     return bool(dot) and ext.lower() in DATA_EXTENSIONS
 

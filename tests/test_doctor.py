@@ -288,9 +288,9 @@ def test_squatted_root_is_caught_with_fix_and_left_alone(cluster, setup, tmp_pat
                     "the link only) or set nodes.rig-b.cache_root"),
         "foreign-owner": ("owned by uid 65534", f"ask its owner (uid 65534) or root to remove {root}, "
                           "or set nodes.rig-b.cache_root"),
-        "world-writable": ("mode 0777", f"rm -rf {root} on rig-b (prng-cache recreates it private), "
-                           f"or chmod 700 {root}"),
-        "group-writable": ("mode 0770", f"rm -rf {root} on rig-b"),
+        # never "rm -rf": the root may hold the users' own files
+        "world-writable": ("mode 0777", f"chmod 700 {root} on rig-b if everything in it is yours"),
+        "group-writable": ("mode 0770", f"chmod 700 {root} on rig-b"),
     }[squat]
     assert want_detail in detail and fix.startswith(want_fix), (detail, fix)
     # looked at, not touched

@@ -89,7 +89,7 @@ def _target_or_none(node: Node, policy: Policy, transport: Any = None) -> Any:
     try:
         if transport is not None:
             return transport.target
-        from .transport.ssh import resolve_target
+        from ..transport.ssh import resolve_target
 
         return resolve_target(node.hostname, node.username, policy.transport)
     except Exception:
@@ -272,8 +272,9 @@ def _check_root(host: str, t: Transport, settings: NodeSettings, node: Node) -> 
     if mode & 0o022:
         return Check(name, False, f"{host}: cache root {root} has mode {mode:04o}: others can write into it, "
                      "so its content cannot be trusted",
-                     fix=f"rm -rf {root} on {host} (prng-cache recreates it private), or chmod 700 {root} "
-                     "if you trust everything in it"), True
+                     fix=f"chmod 700 {root} on {host} if everything in it is yours (others could have "
+                     f"written there), or set nodes.{host}.cache_root to a new directory; never delete files "
+                     "in it you still need"), True
     if mode & 0o077:
         return Check(name, True, f"{host}: {root} is a directory of {user} (uid {uid}) with mode {mode:04o}: "
                      "will be tightened to 0700", warning=True), True
