@@ -20,8 +20,9 @@ from paramiko.sftp import SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_READ, SFTP
 from paramiko.sftp_attr import SFTPAttributes
 
 from ...policy import TransportPolicy
-from ..base import FileInfo, Transport
-from . import streams
+from ...errors import TransportError
+from ..base import DirUpload, FileInfo, Transport
+from . import batch, streams
 from .connect import Connection, Connector
 from .failures import FailureTranslation
 from .probe import NodeProbe
@@ -151,6 +152,54 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         sftp = self._session()
         with self._op("listdir", path):
             return {a.filename: _info(a) for a in sftp.listdir_attr(path)}
+
+    def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
+        """All listings pipelined (see :mod:`.batch`): two round trips in all,
+        not four per directory, one after another."""
+        sftp = self._session()
+        with self._op("listdir", paths[0] if paths else "/"):
+            raw = batch.list_dirs(sftp, paths)
+        out: dict[str, dict[str, FileInfo] | OSError] = {}
+        for path in paths:
+            r = raw.get(path)
+            if r is None:  # a large directory: list it the ordinary way
+                try:
+                    out[path] = self.listdir_attr(path)
+                except OSError as exc:
+                    out[path] = exc
+            elif isinstance(r, BaseException):
+                out[path] = self._translated(r, "listdir", path)
+            else:
+                out[path] = {a.filename: _info(a) for a in r}
+        return out
+
+    def put_dirs(self, items: list[DirUpload]) -> list[tuple[str, OSError] | None]:
+        """Every item's requests pipelined with the others' (see :mod:`.batch`)."""
+        sftp = self._session()
+        with self._op("write", items[0].tmp if items else "/"):
+            raw = batch.put_dirs(sftp, items)
+        out: list[tuple[str, OSError] | None] = []
+        for r in raw:
+            if r is None:
+                out.append(None)
+                continue
+            what, path, exc = r
+            out.append((what, self._translated(exc, what, path, creates=what in ("mkdir", "create"))))
+        return out
+
+    def _translated(self, exc: BaseException, what: str, path: str, *, creates: bool = False) -> OSError:
+        """A per-item failure as the contract's OSError; connection loss raises."""
+        err = self._exists_error(exc, what, path) if creates else self._error(exc, what, path)
+        if isinstance(err, TransportError) or not isinstance(err, OSError):
+            raise err from exc
+        if what in ("write", "close") and err.errno is None:
+            # a bare "Failure" of a write: say ENOSPC when the file system is full
+            with contextlib.suppress(Exception):
+                du = self.disk_usage(path.rsplit("/", 1)[0] or "/")
+                if du.free < 1 << 20:
+                    err = OSError(errno.ENOSPC, f"write failed on {self.host}: No space left on device "
+                                                f"({du.free} bytes free of {du.total})", path)
+        return err
 
     def mkdir(self, path: str, mode: int = 0o700) -> None:
         sftp = self._session()
