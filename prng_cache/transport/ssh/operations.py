@@ -22,13 +22,17 @@ from paramiko.sftp_attr import SFTPAttributes
 from ...policy import TransportPolicy
 from ...errors import TransportError
 from ..base import DirUpload, FileInfo, Transport
-from . import batch, streams
+from . import batch, listing, streams
 from .connect import Connection, Connector
 from .failures import FailureTranslation
 from .probe import NodeProbe
 from .target import SSHTarget, resolve_target
 
 log = logging.getLogger(__name__)
+
+#: from this many directories on, one exec channel (~one session start) is
+#: cheaper than four pipelined SFTP requests per directory
+FIND_MIN = 128
 
 
 def _info(a: SFTPAttributes) -> FileInfo:
@@ -78,6 +82,7 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         self._clock_offset: float | None = None
         self._statvfs_ext: bool | None = None  # None: not tried yet
         self._exec_window = (0.0, 0.0)  # when the last command ran (bracket)
+        self._find_ok: bool | None = None  # listing by one find command works (None: not tried)
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None else "idle"
@@ -154,9 +159,18 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             return {a.filename: _info(a) for a in sftp.listdir_attr(path)}
 
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
-        """All listings pipelined (see :mod:`.batch`): two round trips in all,
-        not four per directory, one after another."""
+        """Many directories of one parent: one ``find`` over an exec channel
+        (see :mod:`.listing`); else, or for a few, all SFTP listings
+        pipelined (see :mod:`.batch`): two round trips in all, not four per
+        directory one after another."""
         sftp = self._session()
+        parent = paths[0].rsplit("/", 1)[0] if paths else ""
+        if len(paths) >= FIND_MIN and self._find_ok is not False and all(
+                p.rsplit("/", 1)[0] == parent for p in paths):
+            got = listing.run(self, parent or "/", [p.rsplit("/", 1)[1] for p in paths])
+            self._find_ok = got is not None
+            if got is not None:
+                return {p: got[p.rsplit("/", 1)[1]] for p in paths}
         with self._op("listdir", paths[0] if paths else "/"):
             raw = batch.list_dirs(sftp, paths)
         out: dict[str, dict[str, FileInfo] | OSError] = {}
