@@ -155,7 +155,8 @@ class Transport(ABC):
     # ------------------------------------------------------------ batches
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """``listdir_attr`` of many directories; a directory that cannot be
-        listed maps to its OSError. Transports override it to overlap the
+        listed maps to its OSError (a symlink to a directory may be followed
+        or refused: callers judge each directory itself by its lstat). Transports override it to overlap the
         round trips; connection failures still raise."""
         out: dict[str, dict[str, FileInfo] | OSError] = {}
         for path in paths:
