@@ -86,11 +86,19 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
 
     present: list[Bundle] = []
     missing: list[tuple[Bundle, Any]] = []  # (bundle, existing entry to extend or None)
+    # only the entries this stage needs are checked, all their listings at once
+    checks = []
+    for b in groups.values():
+        entry = m.entries.get(b.key)
+        have = [f.name for f in b.files if f.name in entry.files] if entry is not None else []
+        if have:
+            checks.append((b.key, entry, have, {f.name: f for f in b.files}))
+    problems = store.entries_ok(checks)
     for b in groups.values():
         entry = m.entries.get(b.key)
         if entry is not None:
             have = [f.name for f in b.files if f.name in entry.files]
-            problem = store.entry_ok(b.key, entry, have, {f.name: f for f in b.files}) if have else None
+            problem = problems.get(b.key)
             if problem is None and len(have) == len(b.files):
                 present.append(b)
                 continue
@@ -127,21 +135,35 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         rep.warnings.append(f"/dev/shm use {pct:.0f}% is above capacity.warn_percent ({cap.warn_percent:g}%)")
 
     published: list[Published] = []
+
+    def outcome(b: Bundle, pub: Published | BaseException, sent: int) -> None:
+        if isinstance(pub, IntegrityError):
+            _skip(rep, bundles, b.key, pub.problem)
+        elif isinstance(pub, TransportError) or not isinstance(pub, (Published, OSError)):
+            raise pub
+        elif isinstance(pub, OSError):
+            _skip(rep, bundles, b.key, f"upload failed: {pub.strerror or pub}")
+        else:
+            published.append(pub)
+            rep.copied_files += len(pub.new_names)
+            rep.copied_bytes += sent
+
+    # new small bundles: many in flight at once; the rest one by one (each
+    # file's writes are pipelined by the transport)
+    small = [(b, b.key in snap.listing) for b, entry in planned if store.batchable(b, entry)]
+    for b, _ in small:
+        progress(host, "upload", {"name": b.name, "bytes": b.size})
+    for b, pub, sent in store.publish_many(small):
+        outcome(b, pub, sent)
     for b, entry in planned:
+        if store.batchable(b, entry):
+            continue
         progress(host, "upload", {"name": b.name, "bytes": b.size})
         try:
             pub, sent = store.publish(b, entry, key_exists=b.key in snap.listing)
-        except IntegrityError as exc:
-            _skip(rep, bundles, b.key, exc.problem)
-            continue
-        except TransportError:
-            raise
-        except OSError as exc:
-            _skip(rep, bundles, b.key, f"upload failed: {exc.strerror or exc}")
-            continue
-        published.append(pub)
-        rep.copied_files += len(pub.new_names)
-        rep.copied_bytes += sent
+        except (IntegrityError, TransportError, OSError) as exc:
+            pub, sent = exc, 0
+        outcome(b, pub, sent)
 
     used = {b.key for b in present} | {p.bundle.key for p in published}
     try:
@@ -199,14 +221,19 @@ def held_inputs(store: NodeStore, bundles: list[Bundle]) -> dict[str, str]:
     if not store.ensure_root(create=False):
         return {}
     m = store.load().manifest
-    out: dict[str, str] = {}
-    for b in bundles:
-        entry = m.entries.get(b.key)
-        if entry is None or any(f.name not in entry.files for f in b.files):
-            continue
-        if store.entry_ok(b.key, entry, [f.name for f in b.files], {f.name: f for f in b.files}) is None:
-            out[b.path] = store.ram_path(b)
-    return out
+    held = [b for b in bundles
+            if (e := m.entries.get(b.key)) is not None and all(f.name in e.files for f in b.files)]
+    checks: dict[str, tuple] = {}
+    for b in held:  # one check per key, with every name the bundles need
+        prev = checks.get(b.key)
+        names = sorted({f.name for f in b.files} | (set(prev[2]) if prev else set()))
+        files = {**(prev[3] if prev else {}), **{f.name: f for f in b.files}}
+        checks[b.key] = (b.key, m.entries[b.key], names, files)
+    problems = store.entries_ok(list(checks.values()))
+    # a key with a problem may still serve some bundles' names: ask per bundle (rare)
+    return {b.path: store.ram_path(b) for b in held
+            if problems[b.key] is None or store.entry_ok(b.key, m.entries[b.key], [f.name for f in b.files],
+                                                         {f.name: f for f in b.files}) is None}
 
 
 def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]], policy: Policy, *,

@@ -25,12 +25,18 @@ from . import cancel
 from .errors import HashError, IntegrityError, NodeError
 from .hashing import HashMemo, StreamHasher, file_identity, open_regular
 from .manifest import Entry, Lease, Manifest
+from .transport.base import DirUpload
 from .model import Bundle, BundleFile
 from .ownership import MARKER_PREFIX, CacheRoot
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: bundles whose files are all at most this big are published in batches,
+#: read whole into memory (hash-checked before a byte is sent) ...
+SMALL_FILE = 1 << 20
+#: ... at most this many bytes of them at a time (client memory stays bounded)
+BATCH_BYTES = 16 << 20
 
 
 @dataclass
@@ -62,31 +68,27 @@ class NodeStore(CacheRoot):
                  files: dict[str, BundleFile] | None = None) -> str | None:
         """Check an entry's files on disk; None when servable, else why not.
 
-        Regular files only (a planted symlink is never served), ours, and of
-        the recorded size. Content is checked by ``verify``, not here.
+        Regular files only (a planted symlink is never served), ours, one
+        link, of the recorded size. Content is checked by ``verify``, not here.
         """
-        try:
-            listing = self.t.listdir_attr(self.path(key))
-        except FileNotFoundError:
-            return "directory missing"
-        for name in names or entry.names:
-            if name not in entry.files:
-                return f"{name} not recorded"
-            info = listing.get(name)
-            if info is None:
-                return f"{name} missing"
-            if not info.is_file:
-                return f"{name} is not a regular file"
-            if info.uid != self._uid:
-                return f"{name} owned by uid {info.uid}"
-            if info.nlink is not None and info.nlink > 1:
-                # another path shares these bytes: they could change under us
-                return f"{name} has {info.nlink} hard links"
-            if files is not None and name in files:
-                bf = files[name]
-                if entry.files[name] != bf.hash or info.size != bf.size:
-                    return f"{name} differs from the recorded content"
-        return None
+        return self.entries_ok([(key, entry, names, files)])[key]
+
+    def entries_ok(self, checks: list[tuple[str, Entry, list[str] | None, dict[str, BundleFile] | None]]
+                   ) -> dict[str, str | None]:
+        """:meth:`entry_ok` of many entries: their directories are listed
+        together (one batch of overlapping requests, not one listing after
+        another). Only the entries asked about are looked at."""
+        listings = self.t.listdirs_attr([self.path(key) for key, *_ in checks]) if checks else {}
+        out: dict[str, str | None] = {}
+        for key, entry, names, files in checks:
+            listing = listings[self.path(key)]
+            if isinstance(listing, (FileNotFoundError, NotADirectoryError)):
+                out[key] = "directory missing"
+            elif isinstance(listing, OSError):
+                raise listing
+            else:
+                out[key] = _listing_problem(self._uid, entry, listing, names, files)
+        return out
 
     # ------------------------------------------------------------ publish
     def upload_file(self, src: BundleFile, dst: str) -> int:
@@ -106,7 +108,9 @@ class NodeStore(CacheRoot):
         with f:
             buf = bytearray(CHUNK)
             view = memoryview(buf)
-            with self.t.open_write(dst, 0o600) as out:
+            # read-only from the start (jobs must not be able to change
+            # shared inputs): no chmod round trip after the upload
+            with self.t.open_write(dst, 0o400) as out:
                 while True:
                     cancel.check()  # Ctrl-C: stop between chunks
                     n = f.readinto(buf)
@@ -127,8 +131,81 @@ class NodeStore(CacheRoot):
             with contextlib.suppress(Exception):
                 HashMemo().invalidate(before)
             raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
-        self.t.chmod(dst, 0o400)  # jobs must not be able to change shared inputs
         return sent
+
+    def read_verified(self, src: BundleFile) -> bytes:
+        """The whole of a small input, proven to be the bytes that were hashed
+        (same checks as :meth:`upload_file`, before anything is sent)."""
+        try:
+            f, before = open_regular(src.src)
+        except HashError as exc:
+            raise IntegrityError(self.host, f"cannot read {exc}") from exc
+        with f:
+            data = f.read(src.size + 1)
+            after = os.fstat(f.fileno())
+        try:
+            now = file_identity(os.stat(src.src))
+        except OSError:
+            now = None
+        hasher = StreamHasher()
+        hasher.update(data)
+        if (len(data) != src.size or hasher.hexdigest() != src.hash
+                or file_identity(after) != file_identity(before) or now != file_identity(before)):
+            with contextlib.suppress(Exception):
+                HashMemo().invalidate(before)
+            raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
+        return data
+
+    @staticmethod
+    def batchable(bundle: Bundle, existing: Entry | None) -> bool:
+        return existing is None and all(f.size <= SMALL_FILE for f in bundle.files)
+
+    def publish_many(self, items: list[tuple[Bundle, bool]]):
+        """Publish new small bundles ((bundle, key_exists) each) with their
+        requests overlapping (:meth:`Transport.put_dirs`), in windows of
+        BATCH_BYTES. Yields (bundle, Published or the exception that stopped
+        it, bytes sent); the same outcomes as :meth:`publish` one by one."""
+        window: list[tuple[Bundle, bool, DirUpload]] = []
+        size = 0
+        for n, (b, key_exists) in enumerate(items):
+            cancel.check()  # Ctrl-C: stop between bundles
+            try:
+                files = tuple((f.name, self.read_verified(f), 0o400) for f in b.files)
+            except IntegrityError as exc:
+                yield b, exc, 0
+                continue
+            # the marker proves, after a manifest reset or a killed stager,
+            # that this directory is ours to reclaim
+            marker = (f"{MARKER_PREFIX}{self.token}", b"", 0o400)
+            tmp = self.path(self.tmp_name())
+            window.append((b, key_exists, DirUpload(tmp, (marker, *files), None if key_exists
+                                                    else self.path(b.key))))
+            size += b.size
+            if size >= BATCH_BYTES or n == len(items) - 1:
+                yield from self._put_window(window)
+                window, size = [], 0
+        if window:
+            yield from self._put_window(window)
+
+    def _put_window(self, window):
+        results = self.t.put_dirs([u for _, _, u in window])
+        failed: list[str] = []
+        try:
+            for (b, key_exists, u), r in zip(window, results):
+                if r is None:
+                    if key_exists:  # a rename would replace an empty <key> directory
+                        yield b, Published(b, pending_tmp=u.tmp, new_names=b.names), b.size
+                    else:
+                        yield b, Published(b, new_names=b.names), b.size
+                elif r[0] == "rename" and self.t.lstat(self.path(b.key)) is not None:
+                    # <key> exists but is not trusted (or a concurrent stager
+                    # just published it): decided under the lock in commit()
+                    yield b, Published(b, pending_tmp=u.tmp, new_names=b.names), b.size
+                else:
+                    failed.append(u.tmp)
+                    yield b, r[1], 0
+        finally:
+            self.empty_trash(failed)
 
     def publish(self, bundle: Bundle, existing: Entry | None, *, key_exists: bool = False) -> tuple[Published, int]:
         """Upload a bundle (or the names it lacks). Returns (result, bytes sent).
@@ -320,6 +397,28 @@ class NodeStore(CacheRoot):
         finally:
             self.empty_trash(graves)
         return gone
+
+
+def _listing_problem(uid: int | None, entry: Entry, listing: dict, names: list[str] | None,
+                     files: dict[str, BundleFile] | None) -> str | None:
+    for name in names or entry.names:
+        if name not in entry.files:
+            return f"{name} not recorded"
+        info = listing.get(name)
+        if info is None:
+            return f"{name} missing"
+        if not info.is_file:
+            return f"{name} is not a regular file"
+        if info.uid != uid:
+            return f"{name} owned by uid {info.uid}"
+        if info.nlink is not None and info.nlink > 1:
+            # another path shares these bytes: they could change under us
+            return f"{name} has {info.nlink} hard links"
+        if files is not None and name in files:
+            bf = files[name]
+            if entry.files[name] != bf.hash or info.size != bf.size:
+                return f"{name} differs from the recorded content"
+    return None
 
 
 def _entry_size(entry: Entry, bundle: Bundle) -> int:

@@ -64,6 +64,17 @@ class DiskUsage:
         return 100.0 * self.used / self.total if self.total else 100.0
 
 
+@dataclass(frozen=True)
+class DirUpload:
+    """A directory to create with small files in it, then rename (see
+    :meth:`Transport.put_dirs`)."""
+
+    tmp: str  # created exclusively
+    files: tuple[tuple[str, bytes, int], ...]  # (name, bytes, mode), each created exclusively
+    dst: str | None  # renamed to this once complete; None: left at tmp
+    mode: int = 0o700
+
+
 class Transport(ABC):
     """File operations on one node. Not thread-safe: one per node and thread."""
 
@@ -140,6 +151,43 @@ class Transport(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # ------------------------------------------------------------ batches
+    def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
+        """``listdir_attr`` of many directories; a directory that cannot be
+        listed maps to its OSError (a symlink to a directory may be followed
+        or refused: callers judge each directory itself by its lstat). Transports override it to overlap the
+        round trips; connection failures still raise."""
+        out: dict[str, dict[str, FileInfo] | OSError] = {}
+        for path in paths:
+            try:
+                out[path] = self.listdir_attr(path)
+            except OSError as exc:
+                out[path] = exc
+        return out
+
+    def put_dirs(self, items: list[DirUpload]) -> list[tuple[str, OSError] | None]:
+        """Create each item's directory and files, rename it to ``dst`` once
+        complete; per item None or (operation, OSError) of its first failure
+        (operation "rename": the directory is complete at ``tmp``; otherwise
+        it may be left half-made: the caller removes it).
+        Transports override it to overlap the round trips; connection
+        failures still raise."""
+        out: list[tuple[str, OSError] | None] = []
+        for item in items:
+            what = "create"
+            try:
+                self.mkdir(item.tmp, item.mode)
+                for name, data, mode in item.files:
+                    with self.open_write(f"{item.tmp}/{name}", mode) as f:
+                        f.write(data)
+                if item.dst is not None:
+                    what = "rename"
+                    self.rename(item.tmp, item.dst)
+                out.append(None)
+            except OSError as exc:
+                out.append((what, exc))
+        return out
 
     # ------------------------------------------------------------ helpers
     def rmtree(self, path: str) -> None:

@@ -12,6 +12,8 @@ operation. One concern per module:
 - :mod:`.tunnel` -- single-gateway jumps through a shared
   ``sshtunnel.SSHTunnelForwarder``;
 - :mod:`.streams` -- pipelined SFTP streams (paramiko's private SFTP API);
+- :mod:`.batch` -- many small SFTP operations in flight across files (same API);
+- :mod:`.listing` -- many directories listed by one ``find`` over exec (SFTP fallback);
 - :mod:`.failures` -- SFTP failures as the Transport contract's exceptions;
 - :mod:`.probe` -- uid, clock and free space of the node;
 - :mod:`.operations` -- ``SSHTransport`` itself.

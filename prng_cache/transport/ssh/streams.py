@@ -1,5 +1,6 @@
-"""Pipelined SFTP streams: the only module that touches paramiko's private
-SFTP API (``SFTPClient._request``, ``_async_request``, ``_read_response``,
+"""Pipelined SFTP streams: with :mod:`.batch` (requests across many files),
+the only module that touches paramiko's private SFTP API
+(``SFTPClient._request``, ``_async_request``, ``_read_response``,
 ``_convert_status`` and the ``_async_response`` callback they make).
 
 paramiko's public ``SFTPFile`` waits for every write's status before it

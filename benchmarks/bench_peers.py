@@ -1,0 +1,246 @@
+"""Many small inputs: prng-cache against its peers, ``rsync -a`` and ``scp -r``.
+
+Starts an embedded cluster of 2 real sshd nodes on this machine (each with a
+private tmpfs /dev/shm; see prng_cache/testing/sshcluster.py) and measures,
+in one run, interleaved so that the machine's drift hits every tool:
+
+- cold: N inputs of 10 KB to both nodes (fresh root, fresh hash memo for
+  prng-cache; a fresh directory for rsync and scp);
+- warm: the same again (nothing to copy; prng-cache with its memo warm);
+- warm 4 in many: a warm stage of 4 inputs in a root that also holds the
+  ``--sizes`` largest other entries, against the same stage in a root that
+  holds only those 4.
+
+Every prng-cache stage is measured as the CLI does it: discover + hash
+(memo) + stage, both nodes in parallel. The peers also go to both nodes in
+parallel (one process per node) through the cluster's ssh config. Client
+memory is the peak RSS above the baseline while staging the largest size
+cold (VmHWM reset first).
+
+    python3 benchmarks/bench_peers.py [--sizes 1000 5000] [--repeats 3] [--quick]
+
+Results: printed, written to benchmarks/results/peers.json and peers.png
+(``--quick``: peers-quick.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from prng_cache.bench.datagen import age_files
+from prng_cache.cluster import Node
+from prng_cache.hashing import HashMemo
+from prng_cache.inputs import discover
+from prng_cache.policy import CapacityPolicy, InputsPolicy, NodeOverride, Policy
+from prng_cache.staging import stage_cluster
+from prng_cache.testing.sshcluster import SSHCluster
+
+FILE_BYTES = 10_000
+ARGS_PER_JOB = 50
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def make_files(d: str, n: int, prefix: str) -> list[str]:
+    os.makedirs(d, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = os.path.join(d, f"{prefix}{i:05d}.npz")
+        with open(p, "wb") as f:
+            f.write(os.urandom(FILE_BYTES))
+        paths.append(p)
+    return paths
+
+
+def jobs_for(paths: list[str]) -> list[dict]:
+    return [{"job_id": i, "script": "w", "args": paths[i:i + ARGS_PER_JOB], "expected_output": "o"}
+            for i in range(0, len(paths), ARGS_PER_JOB)]
+
+
+def parallel(argvs: list[list[str]]) -> float:
+    """Run one process per node at once; seconds until the last one ends."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen(a, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for a in argvs]
+    for p, a in zip(procs, argvs):
+        _, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"{a[0]} failed ({p.returncode}): {err.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - t
+
+
+class Runner:
+    def __init__(self, cluster: SSHCluster, work: str):
+        self.cluster = cluster
+        self.work = work
+        self.cfg = str(cluster.ssh_config)
+        self.hosts = [n.name for n in cluster]
+        self.nodes = [Node(h, cluster.user) for h in self.hosts]
+        self.transport = cluster.policy()
+
+    def stage(self, root: str, paths: list[str], memo: str) -> float:
+        policy = Policy(transport=self.transport, capacity=CapacityPolicy(max_percent=100.0),
+                        nodes=tuple(NodeOverride(h, mode="cache", cache_root=root) for h in self.hosts))
+        t = time.perf_counter()
+        d = discover(jobs_for(paths), InputsPolicy(min_jobs=1), self.work, memo=HashMemo(memo))
+        reps = stage_cluster(self.nodes, lambda n: list(d.bundles.values()), policy)
+        dt = time.perf_counter() - t
+        bad = {h: r.reason for h, r in reps.items() if r.status != "ok"}
+        assert not bad, bad
+        assert all(len(r.staged) == len(paths) for r in reps.values())
+        return dt
+
+    def rsync(self, src_dir: str, dest: str) -> float:
+        return parallel([["rsync", "-a", "-e", f"ssh -F {self.cfg}", src_dir + "/", f"{h}:{dest}/"]
+                         for h in self.hosts])
+
+    def scp(self, src_dir: str, dest: str) -> float:
+        return parallel([["scp", "-r", "-q", "-F", self.cfg, src_dir, f"{h}:{dest}"] for h in self.hosts])
+
+    def clean(self) -> None:
+        for n in self.cluster:
+            n.run("rm -rf /dev/shm/pc-* /dev/shm/rs-* /dev/shm/scp-*")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="many small inputs: prng-cache vs rsync -a and scp -r")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000], help="numbers of 10 KB inputs")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="200 inputs, 1 repeat")
+    ap.add_argument("--workdir", default="/var/tmp", help="where inputs are written (a real disk)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--no-plot", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.sizes, a.repeats = [200], 1
+    sizes = sorted(a.sizes)
+    big = sizes[-1]
+
+    work = tempfile.mkdtemp(prefix="prng-peersbench-", dir=a.workdir)
+    cluster = SSHCluster(os.path.join(work, "cluster"), 2, tmpfs_size=f"{max(256, big * 60 // 1000 + 128)}m")
+    rows: dict[str, list[float]] = {}
+    mem: list[float] = []
+
+    def add(key: str, v: float) -> None:
+        rows.setdefault(key, []).append(v)
+
+    try:
+        cluster.start()
+        r = Runner(cluster, work)
+        sets = {n: make_files(os.path.join(work, f"in-{n}"), n, f"f{n}-") for n in sizes}
+        four = make_files(os.path.join(work, "four"), 4, "four-")
+        age_files([p for ps in sets.values() for p in ps] + four)
+        for rep in range(a.repeats):
+            for n in sizes:
+                src = os.path.join(work, f"in-{n}")
+                # cold, each tool into a fresh directory
+                add(f"rsync_cold_{n}", r.rsync(src, f"/dev/shm/rs-{rep}-{n}"))
+                add(f"scp_cold_{n}", r.scp(src, f"/dev/shm/scp-{rep}-{n}"))
+                root = f"/dev/shm/pc-{rep}-{n}"
+                peak = n == big and _reset_peak()
+                base = _rss("VmRSS:")
+                add(f"prng_cold_{n}", r.stage(root, sets[n], os.path.join(work, f"memo-{rep}-{n}")))
+                if peak:
+                    mem.append((_rss("VmHWM:") - base) / (1 << 20))
+                # warm: nothing changed
+                add(f"rsync_warm_{n}", r.rsync(src, f"/dev/shm/rs-{rep}-{n}"))
+                add(f"prng_warm_{n}", r.stage(root, sets[n], os.path.join(work, f"memo-{rep}-{n}")))
+            # 4 inputs warm: in the root holding the largest set, and alone
+            crowded, alone = f"/dev/shm/pc-{rep}-{big}", f"/dev/shm/pc-{rep}-four"
+            memo4 = os.path.join(work, f"memo-{rep}-four")
+            for root in (crowded, alone):
+                r.stage(root, four, memo4)
+            for _ in range(3):  # interleaved, best of 3 each: the handshake dominates and is noisy
+                add("prng_warm4_crowded_one", r.stage(crowded, four, memo4))
+                add("prng_warm4_alone_one", r.stage(alone, four, memo4))
+            r.clean()
+            print(f"repeat {rep + 1}/{a.repeats} done", file=sys.stderr)
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    doc: dict = {"file_bytes": FILE_BYTES, "nodes": 2, "repeats": a.repeats, "sizes": sizes, "scenarios": {}}
+    lines = [f"\nMany small inputs ({FILE_BYTES // 1000} KB each) to 2 nodes, median of {a.repeats} (same run)",
+             f"  {'scenario':<26}{'prng-cache':>12}{'rsync -a':>12}{'scp -r':>12}{'prng/rsync':>12}"]
+    for n in sizes:
+        for kind in ("cold", "warm"):
+            p, rs = med[f"prng_{kind}_{n}"], med[f"rsync_{kind}_{n}"]
+            sc = med.get(f"scp_{kind}_{n}")
+            doc["scenarios"][f"{kind}_{n}"] = {"prng_cache_s": p, "rsync_s": rs, "scp_s": sc,
+                                               "ratio_vs_rsync": p / rs, "goal_ratio": 1.0}
+            lines.append(f"  {kind + f' {n} files':<26}{p:>11.3f}s{rs:>11.3f}s"
+                         f"{(f'{sc:.3f}s' if sc else '-'):>12}{p / rs:>11.2f}x")
+    crowd, alone = min(rows["prng_warm4_crowded_one"]), min(rows["prng_warm4_alone_one"])
+    doc["scenarios"]["warm4_in_many"] = {"crowded_s": crowd, "alone_s": alone, "others": big,
+                                         "ratio": crowd / alone, "goal_ratio": 1.2}
+    lines.append(f"  warm 4 inputs, root of {big:<5} {crowd:>8.3f}s   root of 4 {alone:.3f}s  -> "
+                 f"{crowd / alone:.2f}x (goal <= 1.2x; best of {len(rows['prng_warm4_alone_one'])})")
+    if mem:
+        doc["client_mem_mib"] = statistics.median(mem)
+        lines.append(f"  client memory, cold {big} files: {doc['client_mem_mib']:.1f} MiB above baseline "
+                     f"(goal <= 64 MiB)")
+    doc["samples"] = {k: [round(x, 4) for x in v] for k, v in rows.items()}
+    doc["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg(),
+                      "isolated_nodes": cluster.isolated,
+                      "rsync": subprocess.run(["rsync", "--version"], capture_output=True, text=True)
+                      .stdout.splitlines()[0]}
+    print("\n".join(lines))
+    name = "peers-quick" if a.quick else "peers"
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, name + ".json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    if not a.no_plot:
+        plot(doc, os.path.join(a.out, name + ".png"))
+    return 0
+
+
+def plot(doc: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = doc["sizes"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, kind in zip(axes, ("cold", "warm")):
+        for tool, key in (("prng-cache", "prng_cache_s"), ("rsync -a", "rsync_s"), ("scp -r", "scp_s")):
+            ys = [doc["scenarios"][f"{kind}_{n}"][key] for n in sizes]
+            if all(y is not None for y in ys):
+                ax.plot(sizes, ys, marker="o", label=tool)
+        ax.set_title(f"{kind} stage, 10 KB inputs, 2 nodes")
+        ax.set_xlabel("number of files")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("seconds (median)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
