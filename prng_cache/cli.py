@@ -11,6 +11,7 @@ import threading
 from typing import Any, Callable
 
 from . import __version__
+from .bench_options import add_parser as add_bench_parser
 from .cluster import Node, load_cluster, select_nodes
 from .errors import PrngCacheError, UserError
 from .jobs import load_jobs
@@ -78,9 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check that this coordinator source calls the hooks (read, never run)")
     p.set_defaults(func=cmd_doctor)
 
-    from .bench import add_parser as add_bench_parser  # numpy/matplotlib load only when it runs
-
-    add_bench_parser(sub)
+    # the bench package (numpy, matplotlib) loads only when `bench` runs
+    add_bench_parser(sub, cmd_bench)
     return ap
 
 
@@ -198,6 +198,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for exc in d.errors:  # as every command words a malformed user file (exit 2)
         print(f"prng-cache: error: {exc}", file=sys.stderr)
     return d.exit_code
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    return run(args)
 
 
 def _first_interrupt(signum, frame) -> None:
