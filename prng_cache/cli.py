@@ -11,13 +11,15 @@ import threading
 from typing import Any, Callable
 
 from . import __version__
+from .bench_options import add_parser as add_bench_parser
 from .cluster import Node, load_cluster, select_nodes
 from .errors import PrngCacheError, UserError
 from .jobs import load_jobs
 from .maintenance import gc_node, status_node, verify_node
 from .nodeops import on_nodes, run_on_node
 from .policy import Policy, load_policy
-from .reports import (OK_STATUSES, NodeReport, Render, fmt_bytes, missing_inputs_line, no_inputs_line, node_results,
+from .progress import StageProgress
+from .reports import (OK_STATUSES, NodeReport, Render, missing_inputs_line, no_inputs_line, node_results,
                       render_gc, render_status, render_verify, stage_doc, stage_text)
 from .run import RunPlan, plan_run
 from .staging import held_inputs
@@ -78,9 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check that this coordinator source calls the hooks (read, never run)")
     p.set_defaults(func=cmd_doctor)
 
-    from .bench import add_parser as add_bench_parser  # numpy/matplotlib load only when it runs
-
-    add_bench_parser(sub)
+    # the bench package (numpy, matplotlib) loads only when `bench` runs
+    add_bench_parser(sub, cmd_bench)
     return ap
 
 
@@ -109,11 +110,14 @@ def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
         sys.stdout.write(text.rstrip("\n") + "\n")
 
 
-def _progress(args: argparse.Namespace) -> Callable[[str, str, dict], None]:
-    def show(host: str, event: str, detail: dict) -> None:
-        if event == "upload":
-            print(f"  {host}: copying {detail['name']} ({fmt_bytes(detail['bytes'])})", file=sys.stderr)
-    return show if (args.verbose or (not args.json and sys.stderr.isatty())) else (lambda *a: None)
+def _progress(args: argparse.Namespace) -> StageProgress | None:
+    """Per-node bars on a terminal (never with --json: stdout is for the
+    document and stderr's bars would only add noise to a pipeline); with -v
+    elsewhere, one line per upload."""
+    bars = not args.json and sys.stderr.isatty()
+    if not (bars or args.verbose):
+        return None
+    return StageProgress(sys.stderr, bars=bars, lines=True)
 
 
 # ---------------------------------------------------------------- commands
@@ -131,7 +135,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
     jobs = load_jobs(args.jobs_file)
     plan = plan_run(jobs, ctx.nodes, ctx.policy, min_jobs=args.min_jobs)
     _warn_inputs(plan, len(jobs))
-    reports = plan.stage(ctx.selected, progress=_progress(args))
+    progress = _progress(args)
+    try:
+        reports = plan.stage(ctx.selected, **({"progress": progress} if progress else {}))
+    finally:
+        if progress is not None:
+            progress.close()
     # missing inputs are reported, never a reason to fail: the exit code says
     # whether the nodes could be served
     _emit(args, stage_doc(reports, len(plan.bundles), plan.skipped, plan.missing, plan.found),
@@ -198,6 +207,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for exc in d.errors:  # as every command words a malformed user file (exit 2)
         print(f"prng-cache: error: {exc}", file=sys.stderr)
     return d.exit_code
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    return run(args)
 
 
 def _first_interrupt(signum, frame) -> None:

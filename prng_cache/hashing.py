@@ -411,6 +411,15 @@ def _open_for_hash(path: str, opener: Opener | None) -> tuple[BinaryIO, os.stat_
     return f, st
 
 
+def _sequential(f: BinaryIO) -> None:
+    """Tell the kernel the whole file is read once, in order: a larger
+    read-ahead window for a cold file (no effect on one already cached)."""
+    try:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except (AttributeError, OSError, ValueError):  # not Linux, or not a plain file descriptor
+        pass
+
+
 def hash_and_stat(
     path: str, memo: HashMemo | None = None, *, opener: Opener | None = None
 ) -> tuple[str, os.stat_result]:
@@ -433,18 +442,20 @@ def hash_and_stat(
     f, opened = _open_for_hash(path, opener)
     stats.opens += 1
     buf = bytearray(CHUNK)  # one buffer, reused: readinto keeps pace with the disk
-    view = memoryview(buf)
+    view, size = memoryview(buf), len(buf)
     total = 0
     try:
         with f:
-            while n := f.readinto(buf):
-                stats.bytes += n
+            _sequential(f)
+            readinto, update = f.readinto, h.update  # no attribute look-ups per chunk
+            while n := readinto(buf):
                 total += n
-                h.update(view[:n])
+                update(view if n == size else view[:n])
             after = os.fstat(f.fileno())
     except OSError as e:
         raise HashError(path, e.strerror or str(e)) from e
     finally:
+        stats.bytes += total
         view.release()
     # `opened` catches a replacement between stat() and open(), `after` a
     # change while reading; a short read catches a size the stat lied about.

@@ -31,7 +31,7 @@ from .hookspecs import hookimpl
 from .jobs import job_id
 from .nodeops import fan_out_nodes, run_on_node
 from .policy import Policy, env_disabled, load_policy
-from .reports import SERVING_STATUSES, NodeReport, missing_inputs_line, run_report
+from .reports import SERVING_STATUSES, NodeReport, copy_line, missing_inputs_line, run_report
 from .run import RunPlan, plan_run
 from .store import LeaseRequest
 from .userdata import attr, load_json
@@ -164,6 +164,8 @@ class PrngCachePlugin:
         if line:
             log.warning("prng-cache: %s", line)
         self.reports = plan.stage(lease=LeaseRequest(run_id, policy.gc.lease_ttl))
+        for host, rep in self.reports.items():
+            log.info("prng-cache: %s", copy_line(host, rep))
         self.staged = {h: dict(r.staged) for h, r in self.reports.items() if r.serving}
         self.routes = {n.hostname: self._route_for(n) for n in plan.nodes}
         self.active = True

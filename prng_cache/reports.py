@@ -134,6 +134,15 @@ def stage_doc(reports: Mapping[str, NodeReport], staged: int, skipped: Mapping[s
     return {"nodes": {h: r.to_dict() for h, r in reports.items()}, "inputs": inputs}
 
 
+def copy_line(host: str, r: NodeReport) -> str:
+    """One line per node with what a stage moved: bytes, time and rate (the
+    figures a terminal's progress bar shows; the plugin logs it)."""
+    line = f"{host}: {r.status}, copied {r.copied_files} file(s), {fmt_bytes(r.copied_bytes)}"
+    if r.copied_bytes and r.seconds > 0:
+        line += f" in {r.seconds:.1f} s ({fmt_bytes(r.copied_bytes / r.seconds)}/s)"
+    return line + f"; {r.present_files} already present"
+
+
 def stage_text(reports: Mapping[str, NodeReport], skipped: Mapping[str, str],
                missing: Mapping[str, int] | None = None) -> str:
     lines = []
