@@ -15,10 +15,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"  # static: importlib.metadata costs ~20 ms of every start
 
-from ._deferred import defer_optional_imports
-
-defer_optional_imports()  # before anything can import paramiko
-
 from .cluster import Node, as_node, load_cluster
 from .errors import (
     ConfigError,

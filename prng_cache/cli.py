@@ -10,6 +10,12 @@ import sys
 import threading
 from typing import Any, Callable
 
+# The command only (never in a coordinator that imports the library): make
+# paramiko's optional `invoke` import lazy before anything imports paramiko.
+from ._deferred import defer_optional_imports
+
+defer_optional_imports()
+
 from . import __version__
 from .bench_options import add_parser as add_bench_parser
 from .cluster import Node, load_cluster, select_nodes

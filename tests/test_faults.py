@@ -479,7 +479,8 @@ def test_corrupted_cached_file_verify_reports_fix_removes_stage_restores(cluster
     bs, _ = bundles_of([src / "survivors.npz"], src)
     victim = f"{root_of(node)}/{bs[0].key}/survivors.npz"
     # same size, one byte flipped: only a rehash can tell
-    node.run(f"printf X | dd of={q(victim)} bs=1 seek=1000 conv=notrunc status=none")
+    flip = "X" if node_bytes(node, victim)[1000:1001] != b"X" else "Y"  # really a different byte
+    node.run(f"printf {flip} | dd of={q(victim)} bs=1 seek=1000 conv=notrunc status=none")
     v = run_cli("verify", "--json", *common, tmp_path=tmp_path, check=1)
     assert list(json.loads(v.stdout)["nodes"]["rig-c"]["corrupt"]) == [bs[0].key]
     fix = run_cli("verify", "--fix", "--json", *common, tmp_path=tmp_path, check=1)
