@@ -30,7 +30,18 @@ def is_safe_name(name: str) -> bool:
         and "\0" not in name
         and name not in (".", "..")
         and not name.startswith(RESERVED_PREFIXES)
+        and _utf8(name)
     )
+
+
+def _utf8(name: str) -> bool:
+    """SFTP sends names as UTF-8: a name that is not (undecodable bytes kept
+    as surrogates) cannot be written on a node; such an input falls back."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

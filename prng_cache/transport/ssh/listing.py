@@ -29,11 +29,16 @@ _TYPES = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "p": stat.S_I
           "s": stat.S_IFSOCK, "c": stat.S_IFCHR, "b": stat.S_IFBLK}
 # st_mode (octal permissions), links, uid, size, mtime, path relative to the parent
 _FORMAT = r"%y\t%m\t%n\t%U\t%s\t%T@\t%p\0"
-# xargs appends the names last: sh -c puts them before find's expression
-_INNER = 'find -P "$@" -maxdepth 1 -printf ' + shlex.quote(_FORMAT)
+# xargs appends the names last: sh -c puts them before find's expression.
+# Names that do not exist are dropped first (they are simply absent from the
+# output), so any failure of find is a real one: then no end marker, and the
+# caller falls back to SFTP rather than trust a partial listing.
+_INNER = ('n=$#; while [ "$n" -gt 0 ]; do d=$1; shift; n=$((n - 1)); '
+          'if [ -e "$d" ] || [ -L "$d" ]; then set -- "$@" "$d"; fi; done; '
+          '[ $# -eq 0 ] || find -P "$@" -maxdepth 1 -printf ' + shlex.quote(_FORMAT))
 _SCRIPT = ('cd -- "$1" && find . -maxdepth 0 -printf ' + shlex.quote(_OK.decode() + r"\0")
-           + " && { xargs -0 sh -c " + shlex.quote(_INNER) + " sh 2>/dev/null; s=$?; "
-           + "[ $s -eq 0 ] || [ $s -eq 123 ]; } && printf " + shlex.quote(_END.decode() + r"\0"))
+           + " && xargs -0 sh -c " + shlex.quote(_INNER) + " sh 2>/dev/null"
+           + " && printf " + shlex.quote(_END.decode() + r"\0"))
 
 
 def command(parent: str) -> str:
