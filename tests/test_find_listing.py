@@ -93,11 +93,10 @@ def test_node_with_other_find_still_correct(cluster, src, monkeypatch, fake):
         orig = listing.run
         monkeypatch.setattr(listing, "run", lambda *a: calls.append(orig(*a)) or calls[-1])
         held = _held(policy, bs)
-        print(fake, "find listing used:", [c is not None for c in calls])
         assert set(held) == {b.path for b in bs}, len(held)
         rep = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
-        # FINDING (exit1-after-half): a find that stops early with exit 1 makes xargs exit 123, which the
-        # command accepts as a complete run: the unlisted half is "directory missing; restaged" (100 copies)
+        # a find that stops early (exit 1 after half) must not pass for a complete listing: the
+        # unlisted half would be "directory missing; restaged" (100 copies)
         assert rep.status == "ok" and len(rep.staged) == 200, rep.to_dict()
         assert rep.copied_files == 0, (rep.copied_files, rep.warnings[:2])
     finally:
