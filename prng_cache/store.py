@@ -370,11 +370,7 @@ class NodeStore(CacheRoot):
                         if key in m.entries:
                             m.entries[key].last_used = now
                 m.drop_expired_leases(now)
-                gone = m.orphaned_run_scoped(now)
-                for key in gone:
-                    del m.entries[key]
-                self.write_manifest(m)
-                graves = self.bury(gone)
+                graves = self._drop_entries(m, m.orphaned_run_scoped(now))
         finally:
             self.empty_trash(graves)
         return lease is not None
@@ -390,13 +386,18 @@ class NodeStore(CacheRoot):
                 gone = m.orphaned_run_scoped(now, keep)
                 if not gone:
                     return []
-                for key in gone:
-                    del m.entries[key]
-                self.write_manifest(m)
-                graves = self.bury(gone)
+                graves = self._drop_entries(m, gone)
         finally:
             self.empty_trash(graves)
         return gone
+
+    def _drop_entries(self, m: Manifest, keys: list[str]) -> list[str]:
+        """Under the lock: the manifest without ``keys`` first, then their
+        directories renamed into trash (returned, to delete after the lock)."""
+        for key in keys:
+            del m.entries[key]
+        self.write_manifest(m)
+        return self.bury(keys)
 
 
 def _listing_problem(uid: int | None, entry: Entry, listing: dict, names: list[str] | None,

@@ -4,17 +4,16 @@ values, a coordinator node with an empty user name."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from test_aliases import site  # noqa: F401  (stale preload copies beside current SSD files)
 from test_faults import cluster, make_policy  # noqa: F401
 
 from prng_cache.inputs import discover
 from prng_cache.plugin import PrngCachePlugin
-from prng_cache.policy import InputsPolicy, NodeOverride, Policy
+from prng_cache.policy import InputsPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 from gpu_coordinator import GPUWorker, JobSpec, NodeInfo  # noqa: E402
@@ -22,29 +21,6 @@ from scripts_coordinator import Job, NodeConfig  # noqa: E402
 
 sys.path.pop(0)
 NAMES = ("bidirectional_survivors_binary.npz", "train_history.json", "holdout_history.json")
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["scripts_coordinator.py"])
-    for k in ("PRNG_CACHE", "USE_RAMDISK", "PRNG_CACHE_POLICY"):
-        monkeypatch.delenv(k, raising=False)
-    ssd, legacy = tmp_path / "ssd", tmp_path / "preload" / "step2"
-    ssd.mkdir()
-    legacy.mkdir(parents=True)
-    for name in (*NAMES, "optimal_window_config.json"):
-        (legacy / name).write_bytes(b"STALE " + name.encode() + os.urandom(200))
-        (ssd / name).write_bytes(b"CURRENT " + name.encode() + os.urandom(300))
-    root = f"/dev/shm/prng-rt-{os.getpid()}-{os.urandom(3).hex()}"
-    policy = Policy(cache_root=root, nodes=(NodeOverride("localhost", mode="cache"),),
-                    inputs=InputsPolicy(path_aliases=((f"{legacy}/", "{script_path}/"),)))
-    node = NodeConfig("localhost", "", 1, "cpu", str(ssd), "python3", 2)
-    yield ssd, legacy, root, policy, node
-    if os.path.isdir(root):
-        for p, _, _ in os.walk(root):
-            os.chmod(p, 0o700)
-        shutil.rmtree(root)
 
 
 def _start(policy, nodes, jobs):
@@ -57,7 +33,7 @@ def _start(policy, nodes, jobs):
 def test_a_legacy_path_spelled_with_dotdot_never_stages_the_stale_copy(site, spelling):
     """Under an alias prefix but not aliasable (".." inside): never hashed
     or staged (the coordinator's preload copy may be stale); left as given."""
-    ssd, legacy, root, policy, node = site
+    legacy, policy, node = site.legacy, site.policy, site.node
     (legacy / "sub").mkdir()
     name = "train_history.json"
     arg = spelling.format(legacy=legacy, name=name)
