@@ -16,7 +16,6 @@ from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import InputsPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
-from gpu_coordinator import GPUWorker, JobSpec, NodeInfo  # noqa: E402
 from scripts_coordinator import Job, NodeConfig  # noqa: E402
 
 sys.path.pop(0)
