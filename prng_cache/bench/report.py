@@ -68,7 +68,7 @@ def render(doc: dict, files: list[str] | None = None) -> str:
         bw = doc.get("busy_disk_writer") or {}
         out += ["", f"Busy disk: ssd and ram waves alternating while writers load the SSD work directory "
                     f"({bw.get('appends_per_s')} fsynced appends/s, {bw.get('commits_per_s')} SQLite commits/s, "
-                    f"{bw.get('seq_mb_per_s')} MB/s sequential)"]
+                    f"{bw.get('seq_mb_per_s')} MB/s sequential" + (", O_DIRECT" if bw.get("seq_direct") else "") + ")"]
         out += _trial_table(doc["busy_disk_trials"], doc["busy_disk"], doc.get("busy_disk_ratios", {}))
         r = (doc.get("busy_disk_ratios") or {}).get("ram_vs_ssd") or {}
         out.append(f"  RAM / SSD under the busy disk: input load p95 {_f(r.get('load_p95'))}, "

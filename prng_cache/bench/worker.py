@@ -206,8 +206,8 @@ def prewarm(files: list[str]) -> None:
 BUSY_PREFIX = "prng-bench-busy-"
 
 
-def busy_disk(directory: str, stop: threading.Event, *, seq_mb: int = 256, seq_mbps: float = 200.0,
-              chunk_kb: int = 1024, pause_s: float = 0.002) -> dict:
+def busy_disk(directory: str, stop: threading.Event, *, seq_mb: int = 256, seq_mbps: float = 0.0,
+              use_direct: bool = True, chunk_kb: int = 4096, pause_s: float = 0.01) -> dict:
     """Load the disk under ``directory`` the way the users' jobs do while
     trials start, until ``stop`` is set; then remove everything it wrote.
 
@@ -215,8 +215,9 @@ def busy_disk(directory: str, stop: threading.Event, *, seq_mb: int = 256, seq_m
     SQLite study committing one row per transaction in a loop (default
     rollback journal, synchronous=FULL, as optuna's RDB storage on SQLite);
     and a large sequential write (a checkpoint of ``seq_mb`` MB rewritten
-    over and over, fsynced every 16 MB, paced to ``seq_mbps`` MB/s so that it
-    loads the device rather than a core; 0 = unpaced).
+    over and over at device speed, or paced to ``seq_mbps`` MB/s; O_DIRECT
+    where the file system allows it so that it loads the device rather than
+    a core, else buffered with an fsync every 16 MB).
     """
     import shutil
     import sqlite3
@@ -258,29 +259,49 @@ def busy_disk(directory: str, stop: threading.Event, *, seq_mb: int = 256, seq_m
             db.close()
 
     def sequential() -> None:
-        buf = os.urandom(chunk_kb * 1024)
+        import mmap
+
+        # O_DIRECT (page-aligned buffer from mmap): the bytes go to the device
+        # without a copy into the page cache, so the writer loads the disk,
+        # not a core; buffered where the file system refuses O_DIRECT
+        buf = mmap.mmap(-1, chunk_kb * 1024)
+        buf.write(os.urandom(len(buf)))
         per_sync = max(1, (16 << 20) // len(buf))
         n_chunks = max(1, (seq_mb << 20) // len(buf))
         path = os.path.join(work, "checkpoint.bin")
+        direct = getattr(os, "O_DIRECT", 0) if use_direct else 0
         t_start, written = time.monotonic(), 0
         while not stop.is_set():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o644)
+            except OSError:
+                if not direct:
+                    raise
+                direct = 0
+                continue
             try:
                 for i in range(n_chunks):
                     if stop.is_set():
                         break
-                    os.write(fd, buf)
+                    try:
+                        os.write(fd, buf)
+                    except OSError:
+                        if not direct:
+                            raise
+                        direct = 0
+                        break
                     written += len(buf)
                     counts["seq_mb"] += len(buf) / 1e6
                     if seq_mbps > 0:
                         ahead = written / (seq_mbps * 1e6) - (time.monotonic() - t_start)
                         if ahead > 0:
                             stop.wait(ahead)
-                    if (i + 1) % per_sync == 0:
+                    if (i + 1) % per_sync == 0 and not direct:
                         os.fsync(fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        counts["seq_direct"] = bool(direct)
 
     def guard(fn):
         def run() -> None:
@@ -303,7 +324,7 @@ def busy_disk(directory: str, stop: threading.Event, *, seq_mb: int = 256, seq_m
         shutil.rmtree(work, ignore_errors=True)
     dt = time.monotonic() - t0
     return {"seconds": round(dt, 2), "appends": counts["appends"], "commits": counts["commits"],
-            "seq_mb": round(counts["seq_mb"], 1),
+            "seq_mb": round(counts["seq_mb"], 1), "seq_direct": counts.get("seq_direct"),
             "appends_per_s": round(counts["appends"] / dt, 1) if dt > 0 else None,
             "commits_per_s": round(counts["commits"] / dt, 1) if dt > 0 else None,
             "seq_mb_per_s": round(counts["seq_mb"] / dt, 1) if dt > 0 else None,
@@ -333,7 +354,7 @@ def cmd_busy(a: argparse.Namespace) -> int:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     print("ready", flush=True)
-    stats = busy_disk(a.dir, stop, seq_mb=a.seq_mb, seq_mbps=a.seq_mbps)
+    stats = busy_disk(a.dir, stop, seq_mb=a.seq_mb, seq_mbps=a.seq_mbps, use_direct=not a.buffered)
     print(json.dumps(stats), flush=True)
     return 0
 
@@ -433,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("busy")
     p.add_argument("dir")
     p.add_argument("--seq-mb", type=int, default=256)
-    p.add_argument("--seq-mbps", type=float, default=200.0)
+    p.add_argument("--seq-mbps", type=float, default=0.0, help="pace the sequential write (0 = device speed)")
+    p.add_argument("--buffered", action="store_true", help="sequential write through the page cache")
     p.set_defaults(func=cmd_busy)
     p = sub.add_parser("drop")
     p.add_argument("--method", default="auto", choices=("auto", "drop_caches", "fadvise"))
