@@ -66,6 +66,48 @@ def test_document_shape(tiny_run):
     for key in ("ram_vs_ssd", "ram_vs_ssd_warm"):
         assert set(doc["ratios"][key]) >= {"trial_p50", "trials_per_min", "load_p50"}
     assert "trials_large" not in doc  # --quick: no large JSON
+    for c in CONDITIONS:  # the quiet load split into raw read and parse
+        lo = doc["input_load"][c]
+        for k in ("read_p50_ms", "read_p95_ms", "parse_p50_ms", "parse_p95_ms"):
+            assert isinstance(lo[k], NUM) and lo[k] >= 0, (c, k)
+
+
+def test_busy_disk_shape(tiny_run):
+    doc, _, _ = tiny_run
+    assert set(doc["busy_disk"]) == {"ssd", "ram"}
+    assert set(doc["busy_disk_trials"]) == {"ssd", "ram"}
+    for c in ("ssd", "ram"):
+        b = doc["busy_disk"][c]
+        for k in ("p50_ms", "p95_ms", "max_ms", "read_p95_ms"):
+            assert isinstance(b[k], NUM) and b[k] >= 0, (c, k)
+        assert b["p50_ms"] <= b["p95_ms"] <= b["max_ms"]
+        assert b["read_p95_ms"] <= b["max_ms"]
+        t = doc["busy_disk_trials"][c]
+        assert set(t) == set(doc["trials"][c])  # the same shape as "trials"
+        assert t["n"] == 2 and t["failed"] == 0
+        assert isinstance(t["p50_s"], NUM) and t["p50_s"] > 0
+        s = doc["samples"]["busy_disk_trials"][c]
+        assert len(s["load_ms"]) == len(s["read_ms"]) == 2
+    r = doc["busy_disk_ratios"]["ram_vs_ssd"]
+    assert set(r) >= {"load_p50", "load_p95", "read_p95"}
+    w = doc["busy_disk_writer"]
+    assert not w["errors"] and w["appends"] > 0 and w["commits"] > 0
+    assert not os.path.exists(w["dir"])  # the writer's files went with the work directory
+
+
+def test_busy_writer_stops_and_cleans_up(tmp_path):
+    import threading
+    import time
+
+    from prng_cache.bench.worker import busy_disk
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    t = time.monotonic()
+    stats = busy_disk(str(tmp_path), stop, seq_mb=4)
+    assert time.monotonic() - t < 30
+    assert stats["appends"] > 0 and stats["commits"] > 0 and stats["seq_mb"] > 0 and not stats["errors"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_results_file_and_plots_written(tiny_run):
@@ -74,7 +116,7 @@ def test_results_file_and_plots_written(tiny_run):
     assert json.loads(results.read_text())["trials"] == doc["trials"]
     assert doc["files"]["results"] == str(results)
     names = sorted(os.path.basename(p) for p in doc["files"]["plots"])
-    assert names == ["tiny-input-load.png", "tiny-staging.png", "tiny-trials.png"]
+    assert names == ["tiny-busy-disk.png", "tiny-input-load.png", "tiny-staging.png", "tiny-trials.png"]
     for p in doc["files"]["plots"]:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -87,7 +129,7 @@ def test_table_renders(tiny_run):
     doc, _, _ = tiny_run
     text = report.render(doc)
     for needle in ("SSD, page cache dropped", "RAM, staged by prng-cache", "RAM / SSD dropped",
-                   "prng-cache warm stage", "shell preload", "xxh3-128"):
+                   "prng-cache warm stage", "shell preload", "xxh3-128", "Busy disk", "raw read + parse"):
         assert needle in text
 
 

@@ -104,6 +104,56 @@ def plot_input_load(doc: dict, path: str) -> str | None:
                                     "(box 25-75 %, whiskers 5-95 %)", draw)
 
 
+def plot_busy_disk(doc: dict, path: str) -> str | None:
+    """Busy disk: input load (read + parse), its raw read part and trial time,
+    SSD vs RAM, next to the quiet-disk read and parse for comparison."""
+    busy = doc.get("samples", {}).get("busy_disk_trials")
+    if not busy:
+        return None
+    quiet = doc.get("samples", {}).get("trials", {})
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8), squeeze=False)
+    axes = list(axes[0])
+    keys = [c for c in ORDER if c in busy]
+    panels = [
+        ({c: busy[c]["load_ms"] for c in keys}, "input load, read + parse (ms)", "busy disk: input load"),
+        ({c: busy[c].get("read_ms", []) for c in keys}, "raw open + read (ms)", "busy disk: raw read part"),
+        ({c: busy[c]["total_s"] for c in keys}, "trial wall time, spawn to exit (s)", "busy disk: trial time"),
+    ]
+    for ax, (data, ylabel, title) in zip(axes, panels):
+        data = {c: v for c, v in data.items() if v}
+        if not data:
+            ax.set_axis_off()
+            continue
+        log = _needs_log(data)
+        _box(ax, data, ylabel + (", log scale" if log else ""), title, log=log)
+    # quiet vs busy, read and parse p50/p95 as bars: what the cache can and cannot change
+    ax = axes[3]
+    bars = []
+    for cond_name, src in (("quiet", doc.get("input_load", {})), ("busy", doc.get("busy_disk", {}))):
+        for c in ("ssd", "ram"):
+            lo = src.get(c) or {}
+            bars.append((f"{cond_name}\n{c.upper()}", lo.get("read_p95_ms"), lo.get("parse_p95_ms"), COLORS[c]))
+    xs = range(len(bars))
+    ax.bar(xs, [b[1] or 0 for b in bars], color=[b[3] for b in bars], label="raw read p95")
+    ax.bar(xs, [b[2] or 0 for b in bars], bottom=[b[1] or 0 for b in bars], color="#bbbbbb", label="parse p95")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([b[0] for b in bars])
+    ax.set_ylabel("ms (p95 of each part, stacked)")
+    ax.set_title("read (cache changes it) vs parse (it does not)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    r = (doc.get("busy_disk_ratios") or {}).get("ram_vs_ssd") or {}
+    fig.suptitle("Busy disk: SSD vs RAM inputs while writers load the SSD (fsynced appends, SQLite commits, "
+                 f"sequential write); RAM/SSD load p95 {r.get('load_p95')}, read p95 {r.get('read_p95')}",
+                 fontsize=11)
+    fig.text(0.5, 0.005, _subtitle(doc), ha="center", fontsize=8, color="#555555")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_staging(doc: dict, path: str) -> str | None:
     st = doc.get("staging")
     hs = doc.get("hashing")
@@ -157,7 +207,8 @@ def plot_staging(doc: dict, path: str) -> str | None:
 def write_plots(doc: dict, out_dir: str, prefix: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     made = []
-    for name, fn in (("trials", plot_trials), ("input-load", plot_input_load), ("staging", plot_staging)):
+    for name, fn in (("trials", plot_trials), ("input-load", plot_input_load), ("busy-disk", plot_busy_disk),
+                     ("staging", plot_staging)):
         p = fn(doc, os.path.join(out_dir, f"{prefix}-{name}.png"))
         if p:
             made.append(p)

@@ -27,6 +27,10 @@ def _trial_table(trials: dict, load: dict, ratios: dict) -> list[str]:
             lines.append(f"  {name:<27}{'':>4}{_f(r['trial_p50']):>9}{_f(r['trial_p95']):>9}{_f(r['trial_max']):>9}"
                          f"{_f(r['trials_per_min']):>12}{_f(r['load_p50']):>13}{_f(r['load_p95']):>9}"
                          f"{_f(r['load_max']):>9}")
+    split = [f"{c} {_f(load[c].get('read_p50_ms'), '.2f')}/{_f(load[c].get('read_p95_ms'), '.2f')} + "
+             f"{_f(load[c].get('parse_p50_ms'), '.2f')}/{_f(load[c].get('parse_p95_ms'), '.2f')}"
+             for c in ("ssd", "ram", "ssd_warm") if c in load]
+    lines.append(f"  load = raw read + parse, p50/p95 ms: {'; '.join(split)}")
     cpu = [f"{c} {_f(load[c].get('cpu_p50_ms'), '.2f')}" for c in ("ssd", "ram", "ssd_warm") if c in load]
     lines.append(f"  load CPU time p50 (ms): {', '.join(cpu)}; the rest of the load time is waiting "
                  f"(for the device or for a free core)")
@@ -60,6 +64,15 @@ def render(doc: dict, files: list[str] | None = None) -> str:
         out += _trial_table(doc["trials"], doc["input_load"], doc.get("ratios", {}))
         out.append("  (ratios are RAM/SSD: below 1 = RAM faster; for trials/min above 1 = RAM faster; "
                    "'same round' = median over rounds of the ratio of wave medians run back to back)")
+    if "busy_disk" in doc and ts:
+        bw = doc.get("busy_disk_writer") or {}
+        out += ["", f"Busy disk: ssd and ram waves alternating while writers load the SSD work directory "
+                    f"({bw.get('appends_per_s')} fsynced appends/s, {bw.get('commits_per_s')} SQLite commits/s, "
+                    f"{bw.get('seq_mb_per_s')} MB/s sequential" + (", O_DIRECT" if bw.get("seq_direct") else "") + ")"]
+        out += _trial_table(doc["busy_disk_trials"], doc["busy_disk"], doc.get("busy_disk_ratios", {}))
+        r = (doc.get("busy_disk_ratios") or {}).get("ram_vs_ssd") or {}
+        out.append(f"  RAM / SSD under the busy disk: input load p95 {_f(r.get('load_p95'))}, "
+                   f"raw read p95 {_f(r.get('read_p95'))}")
     if "trials_large" in doc and ts and "large" in ts:
         big = max(ts["large"]["input_bytes"].values())
         out += ["", f"Large scenario: the same trial plus json.load of a {big / 1e6:.0f} MB JSON, "

@@ -24,7 +24,7 @@ from .datagen import InputSet, age_files, make_inputs
 from .hashing_bench import bench_hashing
 from .nodes import NodeAccess, Setup, open_setup, remove_cache_root
 from .staging_bench import bench_staging, find_bundles
-from .trials import CONDITIONS, BenchError, LocalRunner, RemoteRunner, TrialConfig, run_trials
+from .trials import BUSY_CONDITIONS, CONDITIONS, BenchError, LocalRunner, RemoteRunner, TrialConfig, run_trials
 
 Progress = Callable[[str, str], None]
 
@@ -52,7 +52,7 @@ class BenchOptions:
     cache_drop: str = "auto"
     workdir: str | None = None
     local_staging: bool = False
-    skip: list[str] = field(default_factory=list)  # trials | staging | hashing
+    skip: list[str] = field(default_factory=list)  # trials | busy | staging | hashing
 
     def resolved(self) -> "BenchOptions":
         """Fill the profile defaults (--quick or full)."""
@@ -230,9 +230,7 @@ def _run_trial_scenarios(target: TrialTarget, sets: dict[str, InputSet], o: Benc
     out["trials"] = {c: res["summary"][c]["trials"] for c in CONDITIONS}
     out["input_load"] = {c: res["summary"][c]["input_load"] for c in CONDITIONS}
     out["ratios"] = {"ram_vs_ssd": res["ratios"], "ram_vs_ssd_warm": res["ratios_vs_warm_ssd"]}
-    samples = {"trials": {c: {"total_s": [round(x, 4) for x in res["summary"][c]["total_s"]],
-                              "load_ms": [round(x, 3) for x in res["summary"][c]["load_ms"]]}
-                          for c in CONDITIONS}}
+    samples = {"trials": _samples(res, CONDITIONS)}
     trial_setup = {"compute_iters": iters, "compute_per_iter_ms": round(cal["per_iter_ms"], 5),
                    "concurrency": o.concurrency, "waves_per_condition": cfg.waves,
                    "input_bytes": sets["scorer"].sizes(),
@@ -251,14 +249,18 @@ def _run_trial_scenarios(target: TrialTarget, sets: dict[str, InputSet], o: Benc
         out["trials_large"] = {c: res_l["summary"][c]["trials"] for c in CONDITIONS}
         out["input_load_large"] = {c: res_l["summary"][c]["input_load"] for c in CONDITIONS}
         out["ratios_large"] = {"ram_vs_ssd": res_l["ratios"], "ram_vs_ssd_warm": res_l["ratios_vs_warm_ssd"]}
-        samples["trials_large"] = {c: {"total_s": [round(x, 4) for x in res_l["summary"][c]["total_s"]],
-                                       "load_ms": [round(x, 3) for x in res_l["summary"][c]["load_ms"]]}
-                                   for c in CONDITIONS}
+        samples["trials_large"] = _samples(res_l, CONDITIONS)
         trial_setup["large"] = {"concurrency": k, "waves_per_condition": cfg_l.waves,
                                 "input_bytes": sets["large"].sizes()}
         if res_l["cache_drop"]["max_resident_after_drop"] is not None:
             drop["max_resident_after_drop"] = max(drop["max_resident_after_drop"] or 0.0,
                                                   res_l["cache_drop"]["max_resident_after_drop"])
+    if "busy" not in o.skip:
+        out.update(_run_busy_disk(target, o, cfg, iters, progress))
+        if out["_busy_max_resident"] is not None:
+            drop["max_resident_after_drop"] = max(drop["max_resident_after_drop"] or 0.0, out["_busy_max_resident"])
+        out.pop("_busy_max_resident")
+        samples["busy_disk_trials"] = out.pop("_busy_samples")
     drop["interpreter_rewarmed"] = True
     drop["note"] = ("before each ssd wave; then, before every wave alike, one unmeasured trial on the RAM "
                     "copies pulls python, numpy and the worker back into the page cache, so only the "
@@ -267,3 +269,40 @@ def _run_trial_scenarios(target: TrialTarget, sets: dict[str, InputSet], o: Benc
     out["samples"] = samples
     out["_cache_drop"] = drop
     return out
+
+
+def _samples(res: dict, conditions) -> dict:
+    return {c: {"total_s": [round(x, 4) for x in res["summary"][c]["total_s"]],
+                "load_ms": [round(x, 3) for x in res["summary"][c]["load_ms"]],
+                "read_ms": [round(x, 3) for x in res["summary"][c]["read_ms"]],
+                "parse_ms": [round(x, 3) for x in res["summary"][c]["parse_ms"]]}
+            for c in conditions}
+
+
+def _run_busy_disk(target: TrialTarget, o: BenchOptions, cfg: TrialConfig, iters: int, progress: Progress) -> dict:
+    """SSD and RAM waves, interleaved, while the busy-disk writers run in the
+    SSD work directory (the directory that holds the SSD inputs)."""
+    busy_dir = os.path.dirname(os.path.dirname(target.ssd["scorer"][0]))
+    progress("trials", f"busy disk: writers (fsynced appends, SQLite commits, sequential write) in {busy_dir}")
+    with target.runner.busy(busy_dir) as writer:
+        res = run_trials(target.runner, target.ssd["scorer"], target.ram["scorer"], cfg, iters=iters,
+                         label="trials-busy", conditions=BUSY_CONDITIONS, progress=progress)
+    s = res["summary"]
+    busy = {}
+    for c in BUSY_CONDITIONS:
+        lo = s[c]["input_load"]
+        busy[c] = {"n": lo["n"], "p50_ms": lo["p50_ms"], "p95_ms": lo["p95_ms"], "max_ms": lo["max_ms"],
+                   "read_p50_ms": lo["read_p50_ms"], "read_p95_ms": lo["read_p95_ms"],
+                   "parse_p50_ms": lo["parse_p50_ms"], "parse_p95_ms": lo["parse_p95_ms"],
+                   "cpu_p50_ms": lo["cpu_p50_ms"]}
+    return {
+        "busy_disk": busy,
+        "busy_disk_trials": {c: s[c]["trials"] for c in BUSY_CONDITIONS},
+        "busy_disk_ratios": {"ram_vs_ssd": res["ratios"]},
+        "busy_disk_writer": {"dir": busy_dir, **writer,
+                             "what": "fsynced ~150-byte appends, SQLite commit loop (synchronous=FULL), "
+                                     "256 MB checkpoint rewritten at device speed in 4 MB writes "
+                                     "(O_DIRECT if seq_direct, else buffered with fsync every 16 MB)"},
+        "_busy_samples": _samples(res, BUSY_CONDITIONS),
+        "_busy_max_resident": res["cache_drop"]["max_resident_after_drop"],
+    }

@@ -8,10 +8,16 @@ each equally (round r starts at condition r mod 3):
 ``ram``       inputs at the RAM paths that prng-cache staged
 ``ssd_warm``  inputs at their disk paths, already in the page cache (what a
               second wave on the same node sees when memory is plentiful)
+
+The busy-disk condition runs ``ssd`` and ``ram`` waves (alternating) while
+``worker.py busy`` writes to the SSD work directory the way the users' jobs
+do (fsynced appends, SQLite commits, a large sequential write): the same
+load for both sides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +30,7 @@ from typing import Callable
 from . import worker as _worker
 
 CONDITIONS = ("ssd", "ram", "ssd_warm")
+BUSY_CONDITIONS = ("ssd", "ram")
 
 #: progress callback: (phase, message)
 Progress = Callable[[str, str], None]
@@ -50,6 +57,40 @@ class BenchError(RuntimeError):
 
 
 # ---------------------------------------------------------------- runners
+@contextlib.contextmanager
+def _busy_process(argv: list[str], where: str, env: dict | None = None):
+    """Run ``worker.py busy`` (argv) for the duration of the block; yields a
+    dict that holds the writer's own figures after the block. The writer
+    stops when its stdin closes (also through ssh) and removes its files;
+    on Ctrl-C it gets the SIGINT too."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    stats: dict = {}
+    try:
+        first = proc.stdout.readline().strip()
+        if first != "ready":
+            proc.kill()
+            _, err = proc.communicate()
+            raise BenchError(f"{where}: busy-disk writer did not start: {(first + ' ' + err).strip()[-500:]}")
+        yield stats
+    finally:
+        if proc.returncode is None:
+            try:  # communicate closes the writer's stdin: its signal to stop
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    out, err = proc.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, err = proc.communicate()
+            lines = (out or "").strip().splitlines()
+            with contextlib.suppress(ValueError, IndexError):
+                stats.update(json.loads(lines[-1]))
+            if proc.returncode not in (0, None) and not stats:
+                stats["error"] = (err or "").strip()[-400:] or f"exit {proc.returncode}"
+
+
 class LocalRunner:
     """Runs waves on this machine."""
 
@@ -68,6 +109,9 @@ class LocalRunner:
     def wave(self, k: int, iters: int, inputs: list[str], *, drop: str | None, warm: bool,
              warmup: list[str] | None = None) -> dict:
         return _worker.run_wave(k, iters, inputs, drop=drop, warm=warm, python=self.python, warmup_inputs=warmup)
+
+    def busy(self, directory: str):
+        return _busy_process([self.python, _worker.WORKER, "busy", directory], self.where)
 
 
 class RemoteRunner:
@@ -106,6 +150,10 @@ class RemoteRunner:
             argv.append("--prewarm")
         return self._run(argv + inputs)
 
+    def busy(self, directory: str):
+        cmd = " ".join(shlex.quote(a) for a in [self.python, self.worker, "busy", directory])
+        return _busy_process(self.ssh_prefix + [cmd], self.where)
+
 
 # ------------------------------------------------------------ statistics
 def percentile(values: list[float], q: float) -> float | None:
@@ -128,6 +176,8 @@ def summarize(waves: list[dict]) -> dict:
     failed = sum(1 for w in waves for t in w["trials"]) - len(ok)
     total = [t["total_s"] for t in ok]
     load = [t["load_s"] * 1000.0 for t in ok]
+    read = [t["read_s"] * 1000.0 for t in ok if "read_s" in t]
+    parse = [t["parse_s"] * 1000.0 for t in ok if "parse_s" in t]
     wall = sum(w["wall_s"] for w in waves)
     trials = {
         "n": len(ok),
@@ -149,8 +199,15 @@ def summarize(waves: list[dict]) -> dict:
         "max_ms": _r(max(load) if load else None, 3),
         "mean_ms": _r(sum(load) / len(load) if load else None, 3),
         "cpu_p50_ms": _r(percentile([t["load_cpu_s"] * 1000.0 for t in ok if "load_cpu_s" in t], 50), 3),
+        # the load split: raw open + read of the bytes (what the cache changes) and the parse
+        "read_p50_ms": _r(percentile(read, 50), 3),
+        "read_p95_ms": _r(percentile(read, 95), 3),
+        "read_max_ms": _r(max(read) if read else None, 3),
+        "parse_p50_ms": _r(percentile(parse, 50), 3),
+        "parse_p95_ms": _r(percentile(parse, 95), 3),
     }
-    return {"trials": trials, "input_load": input_load, "total_s": total, "load_ms": load}
+    return {"trials": trials, "input_load": input_load, "total_s": total, "load_ms": load, "read_ms": read,
+            "parse_ms": parse}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -172,6 +229,9 @@ def ratios(ram: dict, ssd: dict) -> dict:
         "load_p50": ratio(l["p50_ms"], ls["p50_ms"]),
         "load_p95": ratio(l["p95_ms"], ls["p95_ms"]),
         "load_max": ratio(l["max_ms"], ls["max_ms"]),
+        "read_p50": ratio(l.get("read_p50_ms"), ls.get("read_p50_ms")),
+        "read_p95": ratio(l.get("read_p95_ms"), ls.get("read_p95_ms")),
+        "parse_p50": ratio(l.get("parse_p50_ms"), ls.get("parse_p50_ms")),
     }
 
 
@@ -197,19 +257,20 @@ def paired_ratios(raw: dict[str, list[dict]], a: str, b: str) -> dict:
 # ----------------------------------------------------------------- driver
 def run_trials(runner, ssd_inputs: list[str], ram_inputs: list[str], cfg: TrialConfig, *,
                iters: int, warmup: list[str] | None = None, label: str = "trials",
-               progress: Progress = _noop) -> dict:
+               conditions: tuple[str, ...] = CONDITIONS, progress: Progress = _noop) -> dict:
     """Interleaved waves for every condition. Returns raw waves and summaries.
 
     ``warmup``: inputs (RAM copies) for the unmeasured warm-up trial run
     before every wave (default: ``ram_inputs``)."""
     if len(ssd_inputs) != len(ram_inputs):
         raise BenchError("SSD and RAM input lists differ")
-    raw: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
+    raw: dict[str, list[dict]] = {c: [] for c in conditions}
     drops: list[dict] = []
-    total_waves = cfg.waves * len(CONDITIONS)
+    total_waves = cfg.waves * len(conditions)
     done = 0
     for r in range(cfg.waves):
-        order = CONDITIONS[r % 3:] + CONDITIONS[:r % 3]
+        n = len(conditions)
+        order = conditions[r % n:] + conditions[:r % n]
         for cond in order:
             inputs = ram_inputs if cond == "ram" else ssd_inputs
             w = runner.wave(cfg.concurrency, iters, inputs,
@@ -227,14 +288,17 @@ def run_trials(runner, ssd_inputs: list[str], ram_inputs: list[str], cfg: TrialC
             p50 = percentile([t["total_s"] for t in w["trials"]], 50) or 0.0
             progress(label, f"wave {done}/{total_waves} {cond:<8} K={cfg.concurrency} "
                             f"wall {w['wall_s']:.2f}s p50 {p50:.2f}s" + (f" FAILED {len(bad)}" if bad else ""))
-    summary = {c: summarize(raw[c]) for c in CONDITIONS}
-    paired = {"ram_vs_ssd": paired_ratios(raw, "ram", "ssd"), "ram_vs_ssd_warm": paired_ratios(raw, "ram", "ssd_warm")}
+    summary = {c: summarize(raw[c]) for c in conditions}
+    paired = {"ram_vs_ssd": paired_ratios(raw, "ram", "ssd")}
+    if "ssd_warm" in conditions:
+        paired["ram_vs_ssd_warm"] = paired_ratios(raw, "ram", "ssd_warm")
     methods = sorted({d["method"] for d in drops})
     resident = [d["resident_after"] for d in drops if d.get("resident_after") is not None]
     return {
         "summary": summary,
         "ratios": {**ratios(summary["ram"], summary["ssd"]), **paired["ram_vs_ssd"]},
-        "ratios_vs_warm_ssd": {**ratios(summary["ram"], summary["ssd_warm"]), **paired["ram_vs_ssd_warm"]},
+        "ratios_vs_warm_ssd": ({**ratios(summary["ram"], summary["ssd_warm"]), **paired["ram_vs_ssd_warm"]}
+                               if "ssd_warm" in conditions else None),
         "cache_drop": {
             "method": methods[0] if len(methods) == 1 else ",".join(methods) or None,
             "fallback_reason": next((d.get("fallback_reason") for d in drops if d.get("fallback_reason")), None),
