@@ -41,7 +41,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="directory on the disk to measure, for the SSD-side inputs (default: a temp dir "
                         "in /var/tmp, or in the current directory when /var/tmp is a RAM file system)")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    g.add_argument("--skip", action="append", choices=("trials", "staging", "hashing"), default=[],
+    g.add_argument("--skip", action="append", choices=("trials", "busy", "staging", "hashing"), default=[],
                    help="leave out one benchmark (repeatable)")
     g = p.add_argument_group("trials")
     g.add_argument("--trials", type=_positive_int, metavar="N",
