@@ -56,10 +56,10 @@ args_lists = st.lists(token, max_size=12)
 expected = st.sampled_from((None, "out.json", "./out.json", f"{BASE}/out.json"))
 
 
-def may_change(args: list, expected_output: str | None) -> dict[int, str]:
-    """index -> the only value that item may be rewritten to (the spec)."""
-    out = resolve(expected_output, BASE) if expected_output else None
-    allowed: dict[int, str] = {}
+def _values(args: list):
+    """(index, "--flag=" or "", value) for every string item that is not an
+    output flag's value (the spec's walk over args, written without the
+    implementation)."""
     skip = False
     for i, a in enumerate(args):
         if skip:  # the value of an output flag, whatever its type
@@ -76,6 +76,14 @@ def may_change(args: list, expected_output: str | None) -> dict[int, str]:
             if flag in OUT:
                 continue
             prefix = flag + "="
+        yield i, prefix, value
+
+
+def may_change(args: list, expected_output: str | None) -> dict[int, str]:
+    """index -> the only value that item may be rewritten to (the spec)."""
+    out = resolve(expected_output, BASE) if expected_output else None
+    allowed: dict[int, str] = {}
+    for i, prefix, value in _values(args):
         if not value or is_url(value) or looks_like_json(value) or is_number(value):
             continue
         # only spellings whose last component is a name and that have no "..":
@@ -280,22 +288,7 @@ def alias_may_change(args: list, target) -> dict[int, str]:
     without the implementation): a legacy spelling that opens a name under
     the prefix (no "..", a name last) -> ``target(name)``."""
     out: dict[int, str] = {}
-    skip = False
-    for i, a in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if not isinstance(a, str):
-            continue
-        prefix, value = "", a
-        if a.startswith("-") and len(a) > 1 and not is_number(a):
-            flag, eq, value = a.partition("=")
-            if not eq:
-                skip = flag in OUT
-                continue
-            if flag in OUT:
-                continue
-            prefix = flag + "="
+    for i, prefix, value in _values(args):
         parts = value.split("/")
         if not value.startswith("/") or parts[-1] in ("", ".", "..") or ".." in parts:
             continue
