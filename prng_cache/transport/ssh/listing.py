@@ -37,7 +37,7 @@ _INNER = ('n=$#; while [ "$n" -gt 0 ]; do d=$1; shift; n=$((n - 1)); '
           'if [ -e "$d" ] || [ -L "$d" ]; then set -- "$@" "$d"; fi; done; '
           '[ $# -eq 0 ] || find -P "$@" -maxdepth 1 -printf ' + shlex.quote(_FORMAT))
 _SCRIPT = ('cd -- "$1" && find . -maxdepth 0 -printf ' + shlex.quote(_OK.decode() + r"\0")
-           + " && xargs -0 sh -c " + shlex.quote(_INNER) + " sh 2>/dev/null"
+           + " && xargs -0 -n 256 sh -c " + shlex.quote(_INNER) + " sh 2>/dev/null"
            + " && printf " + shlex.quote(_END.decode() + r"\0"))
 
 
