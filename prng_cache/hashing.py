@@ -164,6 +164,10 @@ _SCHEMA = (
 Row = tuple[int, int, int, str, int]  # size, mtime_ns, ctime_ns, hash, hashed_at_ns
 
 
+#: memo rows written per transaction at most
+FLUSH_EVERY = 1000
+
+
 class HashMemo:
     """Persistent (dev, ino, size, mtime_ns, ctime_ns) -> hash memo.
 
@@ -197,6 +201,9 @@ class HashMemo:
         self.busy_timeout = busy_timeout
         self.degraded: str | None = None
         self._mem: dict[tuple[int, int], Row] = {}  # the memo while degraded
+        # written in one transaction per FLUSH_EVERY rows (and at flush()):
+        # a commit per file cost more than hashing 10 KB inputs
+        self._pending: dict[tuple[int, int], Row] = {}
         self._lock = threading.Lock()  # one connection shared by threads
         self._db: sqlite3.Connection | None = None
         self._db_file: tuple[int, int] | None = None  # (dev, ino) of the file we opened
@@ -218,6 +225,9 @@ class HashMemo:
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            # no fsync per commit: a crash may lose the last rows (hashed
+            # again), never leave a wrong one (WAL commits stay atomic)
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             legacy = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name='hashes'"
@@ -290,6 +300,8 @@ class HashMemo:
 
     def _get(self, key: tuple[int, int]) -> Row | None:
         # caller holds self._lock
+        if key in self._pending:
+            return self._pending[key]
         if self._db is not None:
             try:
                 rows = self._db.execute(
@@ -304,23 +316,43 @@ class HashMemo:
 
     def _put(self, key: tuple[int, int], row: Row) -> None:
         # caller holds self._lock
+        if self._db is None:
+            self._mem[key] = row
+            return
+        self._pending[key] = row
+        if len(self._pending) >= FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        # caller holds self._lock
+        rows, self._pending = self._pending, {}
+        if not rows:
+            return
         if self._db is not None:
             try:
                 with self._db:
-                    self._db.execute(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?,?,?,?,?,?,?)",
-                                     (*key, *row))
+                    self._db.executemany(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?,?,?,?,?,?,?)",
+                                         [(*k, *r) for k, r in rows.items()])
                 return
             except sqlite3.Error as e:
                 self._failed(e, "write")
                 if self._db is not None:  # rebuilt: write into the new file
-                    return self._put(key, row)
-        self._mem[key] = row
+                    self._pending = rows
+                    return self._flush()
+        self._mem.update(rows)
+
+    def flush(self) -> None:
+        """Write what was stored since the last flush (also done every
+        FLUSH_EVERY rows and by :meth:`close`)."""
+        with self._lock:
+            self._flush()
 
     def _forget(self, key: tuple[int, int]) -> bool:
         with self._lock:
             if self._get(key) is None:
                 return False  # a read only: no write lock when there is nothing to do
             self._mem.pop(key, None)
+            self._pending.pop(key, None)
             if self._db is not None:
                 try:
                     with self._db:
@@ -389,6 +421,7 @@ class HashMemo:
 
     def close(self) -> None:
         with self._lock:
+            self._flush()
             self._close_db()
 
 

@@ -233,6 +233,8 @@ def discover(
             continue
         key = files[0].hash if len(files) == 1 else bundle_key([(f.name, f.hash) for f in files])
         d.bundles[p] = Bundle(key=key, path=p, name=name, files=files, run_scoped=scoped)
+    if memo is not None:
+        memo.flush()  # the rows of this discovery in one transaction
     return d
 
 

@@ -43,6 +43,9 @@ from typing import Callable, ContextManager
 from .errors import UnsafeCacheRootError
 from .locking import BREAKER_NAME, LOCK_NAME, ManifestLock
 from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode, is_key
+
+#: ~100 entries: from here on the root is listed as a large directory
+LARGE_MANIFEST_BYTES = 16 << 10
 from .policy import GcPolicy, NodeSettings
 from .transport.base import FileInfo, Transport
 
@@ -195,27 +198,14 @@ class CacheRoot:
 
         warn=False for the re-reads under the lock: a fresh root has
         directories (just published) before it has a manifest."""
-        listing = self.t.listdir_attr(self.root)
-        reset = None
-        try:
-            data = self.t.read_bytes(self.path(MANIFEST_NAME), MAX_MANIFEST_BYTES + 1)
-        except FileNotFoundError:
-            data = None
-        except OSError as exc:
-            data, reset = None, f"manifest unreadable ({exc})"
-        manifest = None
-        if data is not None:
-            if len(data) > MAX_MANIFEST_BYTES:
-                reset = "manifest larger than any prng-cache writes"
-            else:
-                manifest, reset = decode(data)
-        elif reset is None and any(is_key(n) for n in listing):
-            reset = "manifest missing"
-        if manifest is None:
-            if reset and warn:
-                log.warning("%s: %s; starting a new manifest, existing entries are not trusted",
-                            self.host, reset)
-            manifest = Manifest.new()
+        data, reset = self._read_manifest()
+        # listed after the manifest is read: an entry recorded meanwhile is
+        # then in both; one removed meanwhile is dropped below (either order
+        # is safe, the manifest's writes are merged under the lock). A large
+        # manifest means a large root: list it the way that scales.
+        big = data is not None and len(data) > LARGE_MANIFEST_BYTES
+        listing = self.t.listdir_attr_large(self.root) if big else self.t.listdir_attr(self.root)
+        manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn)
         dropped = []
         for key in list(manifest.entries):
             info = listing.get(key)
@@ -224,6 +214,61 @@ class CacheRoot:
                 del manifest.entries[key]
         self.tokens = root_tokens(listing)
         return Snapshot(manifest, listing, reset, dropped, set(self.tokens))
+
+    def reload(self, names: set[str], plan: Snapshot) -> Snapshot:
+        """:meth:`load` for a commit under the lock, O(what it touches): the
+        manifest again, and of the root only ``names`` (what this stage
+        wrote) and the entries ``plan`` found gone, re-checked. Entries
+        others recorded meanwhile are kept as they are; the next full load
+        reconciles them. ``listing`` holds only those names."""
+        data, reset = self._read_manifest()
+        recheck = set(names) | set(plan.dropped)
+        listing = self._infos(recheck)
+        manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn=False)
+        dropped = []
+        for key in recheck & set(manifest.entries):
+            info = listing.get(key)
+            if info is None or not info.is_dir:
+                dropped.append(key)
+                del manifest.entries[key]
+        return Snapshot(manifest, listing, reset, dropped, set(self.tokens))
+
+    def _infos(self, names: set[str]) -> dict[str, FileInfo]:
+        """lstat of some names in the root (absent: missing). Many are
+        cheaper as one listing of the root than one request each."""
+        if len(names) > 16:
+            return {n: i for n, i in self.t.listdir_attr_large(self.root).items() if n in names}
+        out = {}
+        for n in sorted(names):
+            info = self.t.lstat(self.path(n))
+            if info is not None:
+                out[n] = info
+        return out
+
+    def _read_manifest(self) -> tuple[bytes | None, str | None]:
+        try:
+            return self.t.read_bytes(self.path(MANIFEST_NAME), MAX_MANIFEST_BYTES + 1), None
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"manifest unreadable ({exc})"
+
+    def _manifest_of(self, data: bytes | None, reset: str | None, keys_listed: bool,
+                     warn: bool) -> tuple[Manifest, str | None]:
+        manifest = None
+        if data is not None:
+            if len(data) > MAX_MANIFEST_BYTES:
+                reset = "manifest larger than any prng-cache writes"
+            else:
+                manifest, reset = decode(data)
+        elif reset is None and keys_listed:
+            reset = "manifest missing"
+        if manifest is None:
+            if reset and warn:
+                log.warning("%s: %s; starting a new manifest, existing entries are not trusted",
+                            self.host, reset)
+            manifest = Manifest.new()
+        return manifest, reset
 
     def write_manifest(self, m: Manifest) -> None:
         """Atomic replace: a reader sees the old or the new manifest, never half."""

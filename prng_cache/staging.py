@@ -167,7 +167,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
 
     used = {b.key for b in present} | {p.bundle.key for p in published}
     try:
-        m, refused = store.commit(published, used, lease, scoped=scoped)
+        m, refused = store.commit(published, used, lease, scoped=scoped, plan=snap)
     except Exception as exc:
         # nothing was recorded, so nothing is served: what this stage just
         # published would only hold the node's RAM until gc.stale_temp

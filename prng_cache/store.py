@@ -27,7 +27,7 @@ from .hashing import HashMemo, StreamHasher, file_identity, open_regular
 from .manifest import Entry, Lease, Manifest
 from .transport.base import DirUpload
 from .model import Bundle, BundleFile
-from .ownership import MARKER_PREFIX, CacheRoot
+from .ownership import MARKER_PREFIX, CacheRoot, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class NodeStore(CacheRoot):
 
     def commit(self, published: list[Published], used: set[str],
                lease: LeaseRequest | None = None,
-               scoped: set[str] = frozenset()) -> tuple[Manifest, dict[str, str]]:
+               scoped: set[str] = frozenset(), plan: Snapshot | None = None) -> tuple[Manifest, dict[str, str]]:
         """Merge what this stage published into the manifest, under the lock.
 
         Re-reads the manifest so concurrent stagers' entries are kept; takes
@@ -270,7 +270,10 @@ class NodeStore(CacheRoot):
         refused: dict[str, str] = {}
         try:
             with self.lock():
-                snap = self.load(warn=False)
+                # with the stage's own snapshot: only what it wrote is
+                # looked at again (a warm stage lists nothing)
+                snap = (self.reload({p.bundle.key for p in published}, plan) if plan is not None
+                        else self.load(warn=False))
                 m = snap.manifest
                 for p in published:
                     b = p.bundle

@@ -56,7 +56,8 @@ def _keys_complete(node, bs_by_key):
 def test_enospc_mid_500_file_batch(cluster, src, monkeypatch):
     node = cluster["rig-a"]
     d, paths = _many(src, 500, 60_000)
-    policy = make_policy(cluster, d, capacity=CapacityPolicy(max_percent=100))
+    # the SFTP pipeline (the helper's stream: test_node_helper.py)
+    policy = make_policy(cluster, d, capacity=CapacityPolicy(max_percent=100), node_helper=False)
     bs = list(discover(jobs_for(paths), policy.inputs, str(d)).bundles.values())
 
     def fill():  # leave ~700 KiB free
@@ -85,7 +86,7 @@ def test_enospc_mid_500_file_batch(cluster, src, monkeypatch):
 def test_connection_killed_mid_batch(cluster, src, monkeypatch):
     node = cluster["rig-a"]
     d, paths = _many(src, 400, 30_000)
-    policy = make_policy(cluster, d)
+    policy = make_policy(cluster, d, node_helper=False)  # the SFTP pipeline
     bs = list(discover(jobs_for(paths), policy.inputs, str(d)).bundles.values())
     count = _hook_pumps(monkeypatch, 200, node.stop)
     rep = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]

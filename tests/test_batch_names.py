@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import pytest
+
 from test_faults import (  # noqa: F401 - fixtures
     cluster, src, make_policy, stage, node_names, node_manifest, root_of, bundles_of, store_for, jobs_for,
 )
@@ -12,7 +14,7 @@ from prng_cache.inputs import discover
 from prng_cache.nodeops import run_on_node
 from prng_cache.reports import NodeReport
 from prng_cache.staging import held_inputs
-from prng_cache.transport.ssh import listing
+from prng_cache.transport.ssh import helper, listing
 
 HOSTILE = ["sp ace", "tab\there", "new\nline", "-dash", "$(touch pwned-{t})", "`touch pwned-{t}b`",
            "ü数据", "*?[x]", "quote'\"", "back\\slash", "cr\rhere", "a;b|c&d>e", "--", "-n",
@@ -28,7 +30,8 @@ def _names(tok: str, n: int) -> list[str]:
     return out
 
 
-def test_250_hostile_names_batch_then_find_warm_check(cluster, src, monkeypatch):
+@pytest.mark.parametrize("path", ["helper", "sftp+find"])
+def test_250_hostile_names_batch_then_find_warm_check(cluster, src, monkeypatch, path):
     node = cluster["rig-a"]
     tok = os.urandom(3).hex()
     names = _names(tok, 250)
@@ -39,7 +42,7 @@ def test_250_hostile_names_batch_then_find_warm_check(cluster, src, monkeypatch)
         p = d / n
         p.write_bytes(f"{i}|{n}|".encode() * (1 + i))
         paths.append(p)
-    policy = make_policy(cluster, d)
+    policy = make_policy(cluster, d, node_helper=path == "helper")
     disc = discover(jobs_for(paths), policy.inputs, str(d))
     bs = list(disc.bundles.values())
     assert len(bs) == len(names), disc.skipped
@@ -49,15 +52,20 @@ def test_250_hostile_names_batch_then_find_warm_check(cluster, src, monkeypatch)
     with contextlib.closing(store_for(cluster, policy, "rig-a").t) as t:
         for p in paths:
             assert t.read_bytes(rep.staged[str(p)]) == p.read_bytes(), p.name
-    # warm check: 251 entries -> one find over exec
+    # warm check: 251 entries -> one request to the helper, or one find over exec
     calls = []
-    orig = listing.run
+    if path == "helper":
+        orig_l = helper.NodeHelper.listdirs
+        monkeypatch.setattr(helper.NodeHelper, "listdirs",
+                            lambda self, *a: calls.append(True) or orig_l(self, *a))
+    else:
+        orig = listing.run
 
-    def spy(tr, parent, ns):
-        r = orig(tr, parent, ns)
-        calls.append(r is not None)
-        return r
-    monkeypatch.setattr(listing, "run", spy)
+        def spy(tr, parent, ns):
+            r = orig(tr, parent, ns)
+            calls.append(r is not None)
+            return r
+        monkeypatch.setattr(listing, "run", spy)
     rep2 = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
     assert calls and all(calls), calls
     assert rep2.status == "ok" and rep2.copied_files == 0, rep2.to_dict()

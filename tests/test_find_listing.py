@@ -13,10 +13,10 @@ from prng_cache.inputs import discover
 from prng_cache.nodeops import run_on_node
 from prng_cache.reports import NodeReport
 from prng_cache.staging import held_inputs
-from prng_cache.transport.ssh import listing
+from prng_cache.transport.ssh import helper, listing
 
 
-def _setup(cluster, src, n=220):
+def _setup(cluster, src, n=220, node_helper=False):
     d = src / "many"
     d.mkdir()
     paths = []
@@ -24,7 +24,8 @@ def _setup(cluster, src, n=220):
         p = d / f"in{i:04d}.json"
         p.write_bytes(os.urandom(500))
         paths.append(p)
-    policy = make_policy(cluster, d)
+    # the find path unless asked (the helper's listing)
+    policy = make_policy(cluster, d, node_helper=node_helper)
     bs = list(discover(jobs_for(paths), policy.inputs, str(d)).bundles.values())
     bs.sort(key=lambda b: b.path)
     rep = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
@@ -37,10 +38,11 @@ def _held(policy, bs):
                        lambda store: NodeReport(host="rig-a", status="ok", staged=held_inputs(store, bs))).staged
 
 
-def test_planted_links_among_220_entries_never_served(cluster, src, monkeypatch):
+@pytest.mark.parametrize("path", ["find", "helper"])
+def test_planted_links_among_220_entries_never_served(cluster, src, monkeypatch, path):
     node = cluster["rig-a"]
     root = root_of(node)
-    policy, bs = _setup(cluster, src)
+    policy, bs = _setup(cluster, src, node_helper=path == "helper")
     evil = f"{node.shm}/evil"
     node.run(f"mkdir -m 700 {evil} && printf evil > {evil}/x")
     e = {i: (f"{root}/{bs[i].key}", f"{root}/{bs[i].key}/{bs[i].name}") for i in range(10, 17)}
@@ -54,10 +56,14 @@ def test_planted_links_among_220_entries_never_served(cluster, src, monkeypatch)
         f"rm -rf {e[16][0]} && printf x > {e[16][0]}",               # <key> a plain file
     ]))
     calls = []
-    orig = listing.run
-    monkeypatch.setattr(listing, "run", lambda *a: calls.append(1) or orig(*a))
+    if path == "helper":
+        orig_h = helper.NodeHelper.listdirs
+        monkeypatch.setattr(helper.NodeHelper, "listdirs", lambda self, *a: calls.append(1) or orig_h(self, *a))
+    else:
+        orig = listing.run
+        monkeypatch.setattr(listing, "run", lambda *a: calls.append(1) or orig(*a))
     held = _held(policy, bs)
-    assert calls  # the find path was taken
+    assert calls  # the path under test was taken
     bad = {bs[i].path for i in range(10, 17)}
     assert not bad & set(held), sorted(bad & set(held))
     assert len(held) == 220 - 7

@@ -142,6 +142,7 @@ def memo_at(tmp_path, **kw):
 
 
 def rows(memo):
+    memo.flush()  # rows are written in batches
     db = sqlite3.connect(memo.path)
     try:
         return db.execute("SELECT size, mtime_ns, ctime_ns, hash FROM hashes_v2").fetchall()
@@ -197,7 +198,9 @@ def test_racy_mtime_is_not_stored_nor_trusted(tmp_path):
 
     # an entry stored with a racy timestamp by someone else is not trusted
     st = os.stat(p)
-    assert memo_at(tmp_path).store(st, "0" * 32, hashed_at_ns=st.st_ctime_ns) is True
+    other = memo_at(tmp_path)
+    assert other.store(st, "0" * 32, hashed_at_ns=st.st_ctime_ns) is True
+    other.close()
     assert len(rows(memo)) == 1
     assert HashMemo(str(tmp_path / "memo"), racy_window=2.0).lookup(st) is None
     assert memo.store(st, "0" * 32, hashed_at_ns=st.st_ctime_ns + 10**9) is False
@@ -235,3 +238,32 @@ def test_memo_replaces_entry_for_same_inode(tmp_path):
     os.utime(p, (OLD + 5, OLD + 5))
     h2 = hash_file(p, memo)
     assert [r[3] for r in rows(memo)] == [h2]
+
+
+def test_memo_rows_are_batched_and_read_back_before_a_flush(tmp_path):
+    paths = [make(tmp_path / f"s{i}.npz", b"x%d" % i) for i in range(3)]
+    memo = memo_at(tmp_path)
+    hs = [hash_file(p, memo) for p in paths]
+    db = sqlite3.connect(memo.path)
+    try:  # nothing committed yet (one transaction per batch)...
+        assert db.execute("SELECT COUNT(*) FROM hashes_v2").fetchone()[0] == 0
+    finally:
+        db.close()
+    c = Counting()  # ...yet this memo serves them
+    assert [hash_file(p, memo, opener=c) for p in paths] == hs and c.opens == 0
+    memo.close()  # close writes them
+    assert len(rows(memo_at(tmp_path))) == 3
+
+
+def test_discover_flushes_the_memo(tmp_path):
+    from prng_cache.inputs import discover
+    from prng_cache.policy import InputsPolicy
+    paths = [make(tmp_path / f"d{i}.npz", b"y%d" % i) for i in range(4)]
+    memo = memo_at(tmp_path)
+    discover([{"job_id": 1, "args": [str(p) for p in paths]}], InputsPolicy(min_jobs=1), str(tmp_path), memo=memo)
+    assert len(memo._pending) == 0
+    db = sqlite3.connect(memo.path)
+    try:
+        assert db.execute("SELECT COUNT(*) FROM hashes_v2").fetchone()[0] == 4
+    finally:
+        db.close()

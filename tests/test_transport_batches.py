@@ -4,6 +4,7 @@ pipelined SFTP) giving the same answer, hostile names included."""
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from shlex import quote as q
 
@@ -17,9 +18,24 @@ from test_transport_contract import Case, local_case, ssh_case  # noqa: F401 - f
 HOSTILE = ["plain.npz", "sp ace", "tab\there", "new\nline", "-dash", "$(touch pwned)", "ü.json", "*?[x]"]
 
 
-@pytest.fixture(params=["local", "ssh"])
-def c(request) -> Case:
-    return request.getfixturevalue(f"{request.param}_case")
+@pytest.fixture(params=["local", "ssh-helper", "ssh-sftp"])
+def c(request, monkeypatch) -> Case:
+    """On SSH both ways: through the node's python helper (from the first
+    item on), and SFTP requests only (find for large listings)."""
+    if request.param == "local":
+        return request.getfixturevalue("local_case")
+    case = request.getfixturevalue("ssh_case")
+    if request.param == "ssh-helper":
+        monkeypatch.setattr(operations, "HELPER_MIN", 1)
+    else:
+        case.t.settings = dataclasses.replace(case.t.settings, node_helper=False)
+    return case
+
+
+def _used_helper(c: Case) -> None:
+    if c.kind == "ssh":
+        want = c.t.settings.node_helper
+        assert (c.t._helper is not None and c.t._helper[1] is not None) == want
 
 
 def _tree(c: Case, n: int) -> list[str]:
@@ -54,6 +70,7 @@ def _check(c: Case, got: dict, names: list[str]) -> None:
 def test_listdirs_attr_matches_listdir_attr(c: Case, n: int):
     names = _tree(c, n)
     got = c.t.listdirs_attr([c.p(d) for d in names])
+    _used_helper(c)
     _check(c, got, names)
     for d in names[:3]:
         assert _facts(got[c.p(d)]) == _facts(c.t.listdir_attr(c.p(d)))  # mtime: finer by find
@@ -62,6 +79,7 @@ def test_listdirs_attr_matches_listdir_attr(c: Case, n: int):
 
 def test_ssh_listing_falls_back_to_sftp_without_find(ssh_case: Case):  # noqa: F811
     c = ssh_case
+    c.t.settings = dataclasses.replace(c.t.settings, node_helper=False)
     names = _tree(c, operations.FIND_MIN + 2)
     by_find = c.t.listdirs_attr([c.p(d) for d in names])
     assert c.t._find_ok is True
@@ -83,6 +101,7 @@ def test_put_dirs_creates_renames_and_reports_each_item(c: Case):
         DirUpload(c.p("missing", "t"), (("w", b"3", 0o400),), c.p("w")),  # cannot create
     ]
     res = c.t.put_dirs(items)
+    _used_helper(c)
     assert res[0] is None and res[1] is None
     assert res[2][0] == "rename" and isinstance(res[2][1], OSError)
     assert res[3][0] != "rename" and isinstance(res[3][1], OSError)

@@ -102,6 +102,9 @@ class TransportPolicy:
     jump_host: str | None = setting(None, optional(host_spec))
     parallel_nodes: int = setting(4, positive_int)
     connect_timeout: float = setting(10.0, duration)
+    # batches (many small files, large listings) as one stream through the
+    # node's python3; false: SFTP requests only
+    node_helper: bool = setting(True, boolean)
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,11 @@ class Transport(ABC):
         self.close()
 
     # ------------------------------------------------------------ batches
+    def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
+        """:meth:`listdir_attr` of a directory expected to hold thousands of
+        names; transports override it with a cheaper way to list many."""
+        return self.listdir_attr(path)
+
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """``listdir_attr`` of many directories; a directory that cannot be
         listed maps to its OSError (a symlink to a directory may be followed

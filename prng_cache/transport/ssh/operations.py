@@ -22,7 +22,7 @@ from paramiko.sftp_attr import SFTPAttributes
 from ...policy import TransportPolicy
 from ...errors import TransportError
 from ..base import DirUpload, FileInfo, Transport
-from . import batch, listing, streams
+from . import batch, helper, listing, streams
 from .connect import Connection, Connector
 from .failures import FailureTranslation
 from .probe import NodeProbe
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 #: from this many directories on, one exec channel (~one session start) is
 #: cheaper than four pipelined SFTP requests per directory
 FIND_MIN = 128
+#: from this many items on, a batch goes through the node's python helper
+#: (:mod:`.helper`; once it runs, any batch or large listing does)
+HELPER_MIN = 32
 
 
 def _info(a: SFTPAttributes) -> FileInfo:
@@ -83,6 +86,9 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         self._statvfs_ext: bool | None = None  # None: not tried yet
         self._exec_window = (0.0, 0.0)  # when the last command ran (bracket)
         self._find_ok: bool | None = None  # listing by one find command works (None: not tried)
+        # the node's python helper on the current connection: (connection,
+        # helper), or (connection, None) once it failed there
+        self._helper: tuple[Connection, helper.NodeHelper | None] | None = None
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None else "idle"
@@ -158,6 +164,47 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         with self._op("listdir", path):
             return {a.filename: _info(a) for a in sftp.listdir_attr(path)}
 
+    def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
+        """A directory expected to hold thousands of names: one request to
+        the node's helper instead of paging it over SFTP."""
+        h = self._node_helper()
+        if h is not None:
+            with self._op("listdir", path):
+                try:
+                    return h.listdir_attr(path)
+                except helper.HelperGone as e:
+                    self._helper_failed(e)
+        return self.listdir_attr(path)
+
+    # --------------------------------------------------- the node's helper
+    def _node_helper(self, start: bool = True) -> helper.NodeHelper | None:
+        """The running helper of this connection; started on first need
+        (``start``) unless it already failed on this connection."""
+        self._session()
+        conn = self._conn
+        if self._helper is not None and self._helper[0] is conn:
+            return self._helper[1]
+        if not start or not self.settings.node_helper:
+            return None
+        h = None
+        with self._op("exec", "python3"):
+            try:
+                h = helper.NodeHelper(conn.client.get_transport(), self.host, self.settings.connect_timeout, self.io_timeout)
+            except helper.HelperGone as e:
+                log.debug("%s: no python helper (%s); batches go over SFTP", self.host, e)
+            except Exception as e:
+                if self._is_connection_error(e) and not self._alive():
+                    raise
+                log.debug("%s: python helper failed to start (%s); batches go over SFTP", self.host, e)
+        self._helper = (conn, h)
+        return h
+
+    def _helper_failed(self, e: BaseException) -> None:
+        log.warning("%s: python helper failed (%s); using SFTP", self.host, e)
+        if self._helper is not None and self._helper[1] is not None:
+            self._helper[1].close()
+            self._helper = (self._helper[0], None)
+
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """Many directories of one parent: one ``find`` over an exec channel
         (see :mod:`.listing`); else, or for a few, all SFTP listings
@@ -165,6 +212,14 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         directory one after another."""
         sftp = self._session()
         parent = paths[0].rsplit("/", 1)[0] if paths else ""
+        same_parent = all(p.rsplit("/", 1)[0] == parent for p in paths)
+        if paths and same_parent and (h := self._node_helper(start=len(paths) >= HELPER_MIN)) is not None:
+            with self._op("listdir", parent or "/"):
+                try:
+                    got = h.listdirs(parent or "/", [p.rsplit("/", 1)[1] for p in paths])
+                    return {p: got[p.rsplit("/", 1)[1]] for p in paths}
+                except helper.HelperGone as e:
+                    self._helper_failed(e)
         if len(paths) >= FIND_MIN and self._find_ok is not False and all(
                 p.rsplit("/", 1)[0] == parent for p in paths):
             got = listing.run(self, parent or "/", [p.rsplit("/", 1)[1] for p in paths])
@@ -190,6 +245,15 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
     def put_dirs(self, items: list[DirUpload]) -> list[tuple[str, OSError] | None]:
         """Every item's requests pipelined with the others' (see :mod:`.batch`)."""
         sftp = self._session()
+        if items and (h := self._node_helper(start=len(items) >= HELPER_MIN)) is not None:
+            with self._op("write", items[0].tmp):
+                try:
+                    return h.put_dirs(items)
+                except helper.HelperGone as e:
+                    # what it did before it died is settled like any
+                    # concurrent stager's work: tmp exists -> that item
+                    # fails and is removed; dst exists -> merged at commit
+                    self._helper_failed(e)
         with self._op("write", items[0].tmp if items else "/"):
             raw = batch.put_dirs(sftp, items)
         out: list[tuple[str, OSError] | None] = []

@@ -1,0 +1,167 @@
+"""Batches through the node's own ``python3``: the coordinator's half.
+
+Every SFTP request is a packet built, encrypted and sent in Python, one
+``send`` syscall each: publishing 1000 small bundles is ~9000 of them and
+takes seconds however many are in flight. Here one exec channel runs
+:mod:`.node_helper` on the node and the whole batch travels as one stream
+(rsync's trick). The command line is a constant: paths and names travel
+on stdin, never through the node's shell.
+
+A node without a usable ``python3`` (or with one that says something else
+first) simply has no helper: the caller uses SFTP, as before. A helper that
+dies mid-request raises :class:`HelperGone`; the transport stops using it
+for the rest of the connection. Connection loss raises as usual.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+import os
+import shlex
+import zlib
+from typing import Any, Iterable
+
+from ..base import DirUpload, FileInfo
+from . import node_helper
+
+log = logging.getLogger(__name__)
+
+_BOOT = ('import sys; i = sys.stdin.buffer; '
+         'exec(compile(i.read(int(i.readline())), "prng-cache-node-helper", "exec"))')
+#: -I: no user site, no PYTHON* variables of the node's environment
+COMMAND = "python3 -I -c " + shlex.quote(_BOOT)
+
+
+class HelperGone(Exception):
+    """The helper ended or answered out of protocol (not a connection loss)."""
+
+
+def _source() -> bytes:
+    with open(node_helper.__file__, "rb") as f:
+        return f.read()
+
+
+def _h(s: str) -> str:
+    return binascii.hexlify(os.fsencode(s)).decode("ascii")
+
+
+def _s(h: str) -> str:
+    return os.fsdecode(binascii.unhexlify(h))
+
+
+def _info(raw: list) -> FileInfo:
+    mode, nlink, uid, size, mtime = raw
+    return FileInfo(mode=mode, uid=uid, size=size, mtime=float(mtime), nlink=nlink)
+
+
+def _oserror(raw: list, host: str) -> OSError:
+    op, err, msg, path = raw
+    # worded like the SFTP path's errors; OSError picks the subclass
+    return OSError(err, f"{op} failed on {host}: {msg}", _s(path))
+
+
+def _coalesced(parts: list[bytes], size: int = 1 << 20) -> list[bytes]:
+    """Many small files as few large writes: each ``sendall`` is at least
+    one packet, and a packet per 10 KB file is what made SFTP slow."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    n = 0
+    for p in parts:
+        run.append(p)
+        n += len(p)
+        if n >= size:
+            out.append(b"".join(run))
+            run, n = [], 0
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
+class NodeHelper:
+    """One running helper on one SSH connection (a paramiko transport)."""
+
+    def __init__(self, ssh_transport, host: str, timeout: float, io_timeout: float):
+        self.host = host
+        self._ssh = ssh_transport
+        self._chan = ssh_transport.open_session(timeout=timeout)
+        try:
+            self._chan.settimeout(io_timeout)
+            self._chan.exec_command(COMMAND)
+            src = _source()
+            self._chan.sendall(b"%d\n" % len(src) + src)
+            self._out = self._chan.makefile("rb")
+            hello = self._out.readline()
+        except BaseException:
+            self.close()
+            raise
+        if hello != node_helper.HELLO:
+            self.close()
+            raise HelperGone(f"no helper ({hello[:60]!r})")
+
+    def close(self) -> None:
+        try:
+            self._chan.close()
+        except Exception:
+            pass
+
+    def _ask(self, req: dict, payload: Iterable[bytes] = ()) -> dict:
+        try:
+            self._chan.sendall(json.dumps(req, separators=(",", ":")).encode("ascii") + b"\n")
+            for data in payload:
+                if data:
+                    self._chan.sendall(data)
+            line = self._out.readline()
+        except Exception as e:
+            if not self._ssh.is_active():
+                raise  # the connection: the caller reports the node
+            # the helper's channel alone failed (it died, or stalls)
+            raise HelperGone(f"helper channel failed ({e or type(e).__name__})") from e
+        if not line.endswith(b"\n"):
+            raise HelperGone("helper ended mid-request")
+        try:
+            ans = json.loads(line)
+        except ValueError as e:
+            raise HelperGone(f"helper answered out of protocol ({e})") from e
+        if "error" in ans and ans["error"][0] == "request":
+            raise HelperGone(f"helper refused the request ({ans['error'][2]})")
+        return ans
+
+    # ------------------------------------------------------------ requests
+    def listdir_attr(self, path: str) -> dict[str, FileInfo]:
+        ans = self._ask({"op": "ls", "dir": _h(path)})
+        if "error" in ans:
+            raise _oserror(ans["error"], self.host)
+        return {_s(n): _info(i) for n, i in ans["items"]}
+
+    def listdirs(self, parent: str, names: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
+        """name -> its children, or the OSError of listing ``parent/name``
+        (NotADirectoryError for anything but a real directory)."""
+        ans = self._ask({"op": "list", "dir": _h(parent), "names": [_h(n) for n in names]})
+        out: dict[str, Any] = {}
+        for hname, info, children in ans["items"]:
+            name = _s(hname)
+            if info is None:
+                out[name] = _oserror(children, self.host)
+            elif children is None:
+                out[name] = NotADirectoryError(20, "Not a directory", f"{parent}/{name}")
+            else:
+                out[name] = {_s(n): _info(i) for n, i in children}
+        return out
+
+    def put_dirs(self, items: list[DirUpload]) -> list[tuple[str, OSError] | None]:
+        payload: list[bytes] = []
+        reqs = []
+        for it in items:
+            files = []
+            for name, data, mode in it.files:
+                files.append([_h(name), len(data), mode, zlib.crc32(data) & 0xFFFFFFFF])
+                payload.append(data)
+            reqs.append({"tmp": _h(it.tmp), "dst": _h(it.dst) if it.dst is not None else None,
+                         "mode": it.mode, "files": files})
+        ans = self._ask({"op": "put", "items": reqs}, _coalesced(payload))
+        results = ans.get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise HelperGone("helper answered out of protocol (results)")
+        return [None if r is None else (r[0], _oserror(r, self.host)) for r in results]

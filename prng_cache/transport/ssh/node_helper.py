@@ -1,0 +1,167 @@
+"""The node's half of a batch: run ON THE NODE by its ``python3``, fed over
+one exec channel (see :mod:`.helper`). Standard library only, Python 3.6+.
+
+Like rsync's remote half: thousands of small files or directory listings
+cost one stream instead of a round trip (and a packet built in Python) per
+SFTP request. It does exactly what the SFTP requests would do, no more:
+create a directory and files exclusively with exact modes, rename into
+place, list directories with lstat. Nothing here decides what is safe to
+serve; the coordinator still judges every listing itself.
+
+Protocol (stdin/stdout, binary): the helper prints ``HELLO``; then per
+request one JSON line (paths and names as hex of their bytes: a node's
+file names need not be UTF-8), for ``put`` followed by the raw bytes of
+every file in order; per request one JSON line answered. EOF ends it.
+"""
+
+import binascii
+import errno
+import json
+import os
+import stat
+import sys
+import zlib
+
+HELLO = b"prng-cache-helper 1\n"
+
+
+def _b(h):
+    return binascii.unhexlify(h)
+
+
+def _h(b):
+    return binascii.hexlify(b).decode("ascii")
+
+
+def _info(st):
+    return [st.st_mode, st.st_nlink, st.st_uid, st.st_size, st.st_mtime]
+
+
+def _err(op, e, path):
+    return [op, e.errno or errno.EIO, e.strerror or str(e), _h(path)]
+
+
+def _listing(path):
+    """[name, info] of every child of ``path``, lstat'ed, or an error."""
+    out = []
+    for name in os.listdir(path):
+        try:
+            st = os.lstat(os.path.join(path, name))
+        except FileNotFoundError:
+            continue  # gone meanwhile: as if listed a moment later
+        out.append([_h(name), _info(st)])
+    return out
+
+
+def op_ls(req):
+    """One directory with its children's lstat (like SFTP readdir)."""
+    path = _b(req["dir"])
+    try:
+        return {"items": _listing(path)}
+    except OSError as e:
+        return {"error": _err("listdir", e, path)}
+
+
+def op_list(req):
+    """Many directories of one parent: per name its lstat and, when it is a
+    real directory, its children (a symlink is reported, never followed)."""
+    parent = _b(req["dir"])
+    out = []
+    for hname in req["names"]:
+        path = os.path.join(parent, _b(hname))
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                out.append([hname, _info(st), None])
+                continue
+            out.append([hname, _info(st), _listing(path)])
+        except OSError as e:
+            out.append([hname, None, _err("listdir", e, path)])
+    return {"items": out}
+
+
+def _read_exact(inp, n):
+    chunks = []
+    while n:
+        b = inp.read(min(n, 1 << 20))
+        if not b:
+            raise EOFError("input ended inside a request")
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+def _put_item(item, inp):
+    """Create ``tmp`` (exclusively) with every file (exclusively, exact
+    mode, CRC checked), then rename it to ``dst``. The bytes of every file
+    are consumed even after a failure, so the stream stays in step."""
+    tmp = _b(item["tmp"])
+    failure = None
+    try:
+        os.mkdir(tmp, item["mode"])
+        os.chmod(tmp, item["mode"])  # the node's umask must not change it
+    except OSError as e:
+        failure = _err("mkdir", e, tmp)
+    for hname, size, mode, crc in item["files"]:
+        data = _read_exact(inp, size)
+        if failure is not None:
+            continue
+        path = os.path.join(tmp, _b(hname))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+        except OSError as e:
+            failure = _err("create", e, path)
+            continue
+        try:
+            if zlib.crc32(data) & 0xFFFFFFFF != crc:
+                # a framing fault, never a node's: refuse the file
+                raise OSError(errno.EIO, "bytes received differ from the bytes sent")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+        except OSError as e:
+            failure = _err("write", e, path)
+        finally:
+            try:
+                os.close(fd)
+            except OSError as e:
+                if failure is None:
+                    failure = _err("close", e, path)
+    if failure is None and item.get("dst"):
+        dst = _b(item["dst"])
+        try:
+            os.rename(tmp, dst)
+        except OSError as e:
+            failure = _err("rename", e, tmp)
+    return failure
+
+
+def op_put(req, inp):
+    return {"results": [_put_item(item, inp) for item in req["items"]]}
+
+
+def main():
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    out.write(HELLO)
+    out.flush()
+    while True:
+        line = inp.readline()
+        if not line:
+            return 0
+        req = json.loads(line.decode("ascii"))
+        op = req.get("op")
+        if op == "put":
+            ans = op_put(req, inp)
+        elif op == "list":
+            ans = op_list(req)
+        elif op == "ls":
+            ans = op_ls(req)
+        else:
+            ans = {"error": ["request", errno.EINVAL, "unknown request", ""]}
+        out.write(json.dumps(ans, separators=(",", ":")).encode("ascii") + b"\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
