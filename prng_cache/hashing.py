@@ -418,9 +418,10 @@ def _open_for_hash(path: str, opener: Opener | None) -> tuple[BinaryIO, os.stat_
 # benchmarks ran on, a destination 8 or 16 bytes past a page boundary (16 is
 # where glibc puts the first 1 MiB ``bytearray`` of a process) copied at 1/5
 # and 1/2 the speed of a page-aligned one; any offset from 32 up was as fast
-# (benchmarks/bench_hashing.py, read_page_off16). An anonymous private mapping is page-aligned
-# by definition; a few are kept for reuse so a small file costs no mmap,
-# page faults or zero-fill of a fresh megabyte.
+# (benchmarks/bench_hashing.py, read_page_off16). An anonymous private
+# mapping is page-aligned by definition; a few are kept for reuse so a small
+# file costs no mmap, page faults or zero-fill of a fresh megabyte. Only the
+# n bytes just read are hashed, never what a previous file left in a buffer.
 _POOL_MAX = 4  # buffers kept between calls (one per concurrent hasher)
 # list.pop and list.append are atomic, so threads never share a buffer; no
 # lock, so a fork can never inherit one held.
