@@ -11,6 +11,7 @@ processes may share it.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import sqlite3
 import stat as _stat
@@ -444,6 +445,49 @@ def _open_for_hash(path: str, opener: Opener | None) -> tuple[BinaryIO, os.stat_
     return f, st
 
 
+# Read buffers. The page-cache copy in read(2) is the cost that bounds hashing
+# (xxh3 itself runs several times faster than the copy), and its speed depends
+# on where the destination lies within a page: on the AMD EPYC VM the
+# benchmarks ran on, a destination 8 or 16 bytes past a page boundary (16 is
+# where glibc puts the first 1 MiB ``bytearray`` of a process) copied at 1/5
+# and 1/2 the speed of a page-aligned one; any offset from 32 up was as fast
+# (benchmarks/bench_hashing.py, read_page_off16). An anonymous private
+# mapping is page-aligned by definition; a few are kept for reuse so a small
+# file costs no mmap, page faults or zero-fill of a fresh megabyte. Only the
+# n bytes just read are hashed, never what a previous file left in a buffer.
+_POOL_MAX = 4  # buffers kept between calls (one per concurrent hasher)
+# list.pop and list.append are atomic, so threads never share a buffer; no
+# lock, so a fork can never inherit one held.
+_pool: list[mmap.mmap | bytearray] = []
+
+
+def _borrow_buffer() -> mmap.mmap | bytearray:
+    """A CHUNK-sized, page-aligned read buffer (a reused one when available)."""
+    try:
+        return _pool.pop()
+    except IndexError:
+        pass
+    try:
+        return mmap.mmap(-1, CHUNK, flags=mmap.MAP_PRIVATE,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError, AttributeError):  # no mmap here: any buffer will do
+        return bytearray(CHUNK)
+
+
+def _return_buffer(buf: mmap.mmap | bytearray) -> None:
+    _pool.append(buf)
+    while len(_pool) > _POOL_MAX:  # every buffer in the pool is free: drop any
+        try:
+            extra = _pool.pop()
+        except IndexError:
+            break
+        if isinstance(extra, mmap.mmap):
+            try:
+                extra.close()
+            except BufferError:  # a view still alive (in a traceback): the GC unmaps it
+                pass
+
+
 def _sequential(f: BinaryIO) -> None:
     """Tell the kernel the whole file is read once, in order: a larger
     read-ahead window for a cold file (no effect on one already cached)."""
@@ -474,7 +518,7 @@ def hash_and_stat(
     h = Hasher()
     f, opened = _open_for_hash(path, opener)
     stats.opens += 1
-    buf = bytearray(CHUNK)  # one buffer, reused: readinto keeps pace with the disk
+    buf = _borrow_buffer()  # one page-aligned buffer, reused: see _borrow_buffer
     view, size = memoryview(buf), len(buf)
     total = 0
     try:
@@ -490,6 +534,7 @@ def hash_and_stat(
     finally:
         stats.bytes += total
         view.release()
+        _return_buffer(buf)
     # `opened` catches a replacement between stat() and open(), `after` a
     # change while reading; a short read catches a size the stat lied about.
     ident = file_identity(st)

@@ -94,7 +94,9 @@ def render(doc: dict, files: list[str] | None = None) -> str:
     if hs:
         out += ["", f"Hashing a {hs['file_bytes'] / 2**20:.0f} MiB file ({hs['unit']})",
                 f"  page cache: plain read {hs['read_gbps']:.2f} GB/s, xxh3-128 {hs['xxh3_gbps']:.2f} GB/s "
-                f"({hs['xxh3_vs_read']:.0%} of read)",
+                f"({hs['xxh3_vs_read']:.0%} of read)"
+                + (f"; read into a new bytes object per chunk {hs['read_alloc_gbps']:.2f} GB/s"
+                   if hs.get("read_alloc_gbps") is not None else ""),
                 f"  cold:       plain read {hs['read_cold_gbps']:.2f} GB/s, xxh3-128 {hs['xxh3_cold_gbps']:.2f} GB/s",
                 f"  memo hit: {hs['memo_hit_us']:.1f} us per file (stat + SQLite, file not read)"]
     for w in doc.get("warnings") or []:
