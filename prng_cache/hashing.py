@@ -461,7 +461,7 @@ _POOL_MAX = 4  # buffers kept between calls (one per concurrent hasher)
 _pool: list[mmap.mmap | bytearray] = []
 
 
-def _borrow_buffer() -> mmap.mmap | bytearray:
+def borrow_buffer() -> mmap.mmap | bytearray:
     """A CHUNK-sized, page-aligned read buffer (a reused one when available)."""
     try:
         return _pool.pop()
@@ -474,7 +474,7 @@ def _borrow_buffer() -> mmap.mmap | bytearray:
         return bytearray(CHUNK)
 
 
-def _return_buffer(buf: mmap.mmap | bytearray) -> None:
+def return_buffer(buf: mmap.mmap | bytearray) -> None:
     _pool.append(buf)
     while len(_pool) > _POOL_MAX:  # every buffer in the pool is free: drop any
         try:
@@ -518,7 +518,7 @@ def hash_and_stat(
     h = Hasher()
     f, opened = _open_for_hash(path, opener)
     stats.opens += 1
-    buf = _borrow_buffer()  # one page-aligned buffer, reused: see _borrow_buffer
+    buf = borrow_buffer()  # one page-aligned buffer, reused: see borrow_buffer
     view, size = memoryview(buf), len(buf)
     total = 0
     try:
@@ -534,7 +534,7 @@ def hash_and_stat(
     finally:
         stats.bytes += total
         view.release()
-        _return_buffer(buf)
+        return_buffer(buf)
     # `opened` catches a replacement between stat() and open(), `after` a
     # change while reading; a short read catches a size the stat lied about.
     ident = file_identity(st)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from . import cancel
 from .errors import HashError, IntegrityError, NodeError
-from .hashing import HashMemo, StreamHasher, file_identity, open_regular
+from .hashing import HashMemo, StreamHasher, borrow_buffer, file_identity, open_regular, return_buffer
 from .manifest import Entry, Lease, Manifest
 from .transport.base import DirUpload
 from .model import Bundle, BundleFile
@@ -105,21 +105,25 @@ class NodeStore(CacheRoot):
             f, before = open_regular(src.src)  # never blocks on a FIFO swapped in
         except HashError as exc:
             raise IntegrityError(self.host, f"cannot read {exc}") from exc
-        with f:
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            # read-only from the start (jobs must not be able to change
-            # shared inputs): no chmod round trip after the upload
-            with self.t.open_write(dst, 0o400) as out:
-                while True:
-                    cancel.check()  # Ctrl-C: stop between chunks
-                    n = f.readinto(buf)
-                    if not n:
-                        break
-                    hasher.update(view[:n])
-                    out.write(view[:n])
-                    sent += n
-            after = os.fstat(f.fileno())
+        buf = borrow_buffer()  # page-aligned: the kernel's copy into it is fastest
+        view = memoryview(buf)
+        try:
+            with f:
+                # read-only from the start (jobs must not be able to change
+                # shared inputs): no chmod round trip after the upload
+                with self.t.open_write(dst, 0o400) as out:
+                    while True:
+                        cancel.check()  # Ctrl-C: stop between chunks
+                        n = f.readinto(buf)
+                        if not n:
+                            break
+                        hasher.update(view[:n])
+                        out.write(view[:n])
+                        sent += n
+                after = os.fstat(f.fileno())
+        finally:
+            view.release()
+            return_buffer(buf)
         try:
             now = file_identity(os.stat(src.src))
         except OSError:
