@@ -14,7 +14,7 @@ from prng_cache.inputs import discover
 from prng_cache.nodeops import run_on_node
 from prng_cache.reports import NodeReport
 from prng_cache.staging import held_inputs
-from prng_cache.transport.ssh import helper, listing
+from prng_cache.transport.ssh import helper, listing, operations
 
 HOSTILE = ["sp ace", "tab\there", "new\nline", "-dash", "$(touch pwned-{t})", "`touch pwned-{t}b`",
            "ü数据", "*?[x]", "quote'\"", "back\\slash", "cr\rhere", "a;b|c&d>e", "--", "-n",
@@ -55,6 +55,7 @@ def test_250_hostile_names_batch_then_find_warm_check(cluster, src, monkeypatch,
     # warm check: 251 entries -> one request to the helper, or one find over exec
     calls = []
     if path == "helper":
+        monkeypatch.setattr(operations, "HELPER_MIN_LISTING", 1)  # waited for: deterministic
         orig_l = helper.NodeHelper.listdirs
         monkeypatch.setattr(helper.NodeHelper, "listdirs",
                             lambda self, *a: calls.append(True) or orig_l(self, *a))

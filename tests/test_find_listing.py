@@ -13,7 +13,7 @@ from prng_cache.inputs import discover
 from prng_cache.nodeops import run_on_node
 from prng_cache.reports import NodeReport
 from prng_cache.staging import held_inputs
-from prng_cache.transport.ssh import helper, listing
+from prng_cache.transport.ssh import helper, listing, operations
 
 
 def _setup(cluster, src, n=220, node_helper=False):
@@ -57,6 +57,7 @@ def test_planted_links_among_220_entries_never_served(cluster, src, monkeypatch,
     ]))
     calls = []
     if path == "helper":
+        monkeypatch.setattr(operations, "HELPER_MIN_LISTING", 1)  # waited for: deterministic
         orig_h = helper.NodeHelper.listdirs
         monkeypatch.setattr(helper.NodeHelper, "listdirs", lambda self, *a: calls.append(1) or orig_h(self, *a))
     else:

@@ -27,6 +27,7 @@ def c(request, monkeypatch) -> Case:
     case = request.getfixturevalue("ssh_case")
     if request.param == "ssh-helper":
         monkeypatch.setattr(operations, "HELPER_MIN", 1)
+        monkeypatch.setattr(operations, "HELPER_MIN_LISTING", 1)
     else:
         case.t.settings = dataclasses.replace(case.t.settings, node_helper=False)
     return case
@@ -113,3 +114,14 @@ def test_put_dirs_creates_renames_and_reports_each_item(c: Case):
     assert set(c.t.listdir_attr(c.p(".tmp-b"))) == {"y"}
     assert set(c.t.listdir_attr(c.p(".tmp-c"))) == {"z"}  # complete, left for the caller
     assert c.t.lstat(c.p(".tmp-a")) is None and c.t.lstat(c.p("w")) is None
+
+
+def test_listdir_attr_large_matches_listdir_attr(c: Case):
+    names = _tree(c, 3)
+    if c.kind == "ssh" and c.t.settings.node_helper:
+        assert c.t._node_helper(start=True) is not None  # up: the large listing uses it
+    big = c.t.listdir_attr_large(c.base)
+    assert set(big) == set(names[:-1]) | {"hard"}
+    small = c.t.listdir_attr(c.base)
+    assert _facts(big) == _facts(small)
+    assert big["link"].is_symlink and big["file"].is_file and big["d0000"].is_dir

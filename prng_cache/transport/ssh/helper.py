@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 _BOOT = ('import sys; i = sys.stdin.buffer; '
          'exec(compile(i.read(int(i.readline())), "prng-cache-node-helper", "exec"))')
-#: -I: no user site, no PYTHON* variables of the node's environment
-COMMAND = "python3 -I -c " + shlex.quote(_BOOT)
+#: -I: no user site, no PYTHON* variables of the node's environment;
+#: -S: no site import (standard library only; starts faster)
+COMMAND = "python3 -I -S -c " + shlex.quote(_BOOT)
 
 
 class HelperGone(Exception):
@@ -83,8 +84,11 @@ class NodeHelper:
     """One running helper on one SSH connection (a paramiko transport)."""
 
     def __init__(self, ssh_transport, host: str, timeout: float, io_timeout: float):
+        """Start the helper; its hello is awaited by :meth:`ready` (the
+        node's python starts while the coordinator does other work)."""
         self.host = host
         self._ssh = ssh_transport
+        self._hello = False
         self._chan = ssh_transport.open_session(timeout=timeout)
         try:
             self._chan.settimeout(io_timeout)
@@ -92,13 +96,28 @@ class NodeHelper:
             src = _source()
             self._chan.sendall(b"%d\n" % len(src) + src)
             self._out = self._chan.makefile("rb")
-            hello = self._out.readline()
         except BaseException:
             self.close()
             raise
+
+    def ready(self, wait: bool) -> bool:
+        """True once the helper said hello; False while it is still starting
+        and ``wait`` is false. Raises HelperGone when it never will."""
+        if self._hello:
+            return True
+        if not wait and not self._chan.recv_ready() and not self._chan.closed:
+            return False
+        try:
+            hello = self._out.readline()
+        except Exception as e:
+            if not self._ssh.is_active():
+                raise
+            raise HelperGone(f"no helper ({e or type(e).__name__})") from e
         if hello != node_helper.HELLO:
             self.close()
             raise HelperGone(f"no helper ({hello[:60]!r})")
+        self._hello = True
+        return True
 
     def close(self) -> None:
         try:

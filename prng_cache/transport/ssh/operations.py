@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 #: from this many directories on, one exec channel (~one session start) is
 #: cheaper than four pipelined SFTP requests per directory
 FIND_MIN = 128
-#: from this many items on, a batch goes through the node's python helper
-#: (:mod:`.helper`; once it runs, any batch or large listing does)
+#: from this many items on, an upload batch waits for the node's python
+#: helper (:mod:`.helper`, started with the connection; once it is up, any
+#: batch or large listing uses it)
 HELPER_MIN = 32
+#: a listing waits for the helper only from this many directories on: below,
+#: one find (or pipelined SFTP) is done before a python has started
+HELPER_MIN_LISTING = 2000
 
 
 def _info(a: SFTPAttributes) -> FileInfo:
@@ -117,6 +121,10 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             return self
         self._drop()
         self._conn = Connector(self.host, self.settings, self.io_timeout).open(self.target)
+        if self.settings.node_helper:
+            # started now, awaited at first use: the node's python (and the
+            # login shell's rc files) start while the stage reads the manifest
+            self._start_helper()
         return self
 
     def _alive(self) -> bool:
@@ -167,7 +175,7 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
     def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
         """A directory expected to hold thousands of names: one request to
         the node's helper instead of paging it over SFTP."""
-        h = self._node_helper()
+        h = self._node_helper(start=False)
         if h is not None:
             with self._op("listdir", path):
                 try:
@@ -177,27 +185,37 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         return self.listdir_attr(path)
 
     # --------------------------------------------------- the node's helper
-    def _node_helper(self, start: bool = True) -> helper.NodeHelper | None:
-        """The running helper of this connection; started on first need
-        (``start``) unless it already failed on this connection."""
-        self._session()
-        conn = self._conn
-        if self._helper is not None and self._helper[0] is conn:
-            return self._helper[1]
-        if not start or not self.settings.node_helper:
-            return None
-        h = None
+    def _start_helper(self) -> None:
+        conn, h = self._conn, None
         with self._op("exec", "python3"):
             try:
-                h = helper.NodeHelper(conn.client.get_transport(), self.host, self.settings.connect_timeout, self.io_timeout)
-            except helper.HelperGone as e:
-                log.debug("%s: no python helper (%s); batches go over SFTP", self.host, e)
+                h = helper.NodeHelper(conn.client.get_transport(), self.host, self.settings.connect_timeout,
+                                      self.io_timeout)
             except Exception as e:
                 if self._is_connection_error(e) and not self._alive():
                     raise
                 log.debug("%s: python helper failed to start (%s); batches go over SFTP", self.host, e)
         self._helper = (conn, h)
-        return h
+
+    def _node_helper(self, start: bool = True) -> helper.NodeHelper | None:
+        """The helper of this connection when it can serve: waited for when
+        ``start`` (a batch worth it), else only if it is up already.
+        None: SFTP (no helper on this node, or it failed here)."""
+        if not self.settings.node_helper:
+            return None
+        self._session()
+        if self._helper is None or self._helper[0] is not self._conn:
+            self._start_helper()
+        h = self._helper[1]
+        if h is None:
+            return None
+        with self._op("exec", "python3"):
+            try:
+                return h if h.ready(wait=start) else None
+            except helper.HelperGone as e:
+                log.debug("%s: no python helper (%s); batches go over SFTP", self.host, e)
+                self._helper = (self._helper[0], None)
+                return None
 
     def _helper_failed(self, e: BaseException) -> None:
         log.warning("%s: python helper failed (%s); using SFTP", self.host, e)
@@ -213,7 +231,7 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         sftp = self._session()
         parent = paths[0].rsplit("/", 1)[0] if paths else ""
         same_parent = all(p.rsplit("/", 1)[0] == parent for p in paths)
-        if paths and same_parent and (h := self._node_helper(start=len(paths) >= HELPER_MIN)) is not None:
+        if paths and same_parent and (h := self._node_helper(start=len(paths) >= HELPER_MIN_LISTING)) is not None:
             with self._op("listdir", parent or "/"):
                 try:
                     got = h.listdirs(parent or "/", [p.rsplit("/", 1)[1] for p in paths])
