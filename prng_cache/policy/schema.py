@@ -17,7 +17,6 @@ field cannot be silently left out of the file format.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -165,6 +164,8 @@ def _check_keys(root: type, value: Mapping, known: list[str], path: KeyPath) -> 
 
 
 def _unknown(root: type, key: str, known: list[str], parent: KeyPath) -> str:
+    import difflib  # only for a mistyped key's message
+
     prefix = fmt_path(parent) + "." if parent else ""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if close:
