@@ -29,6 +29,8 @@ _META = "prng_cache.policy"
 
 @dataclass(frozen=True)
 class Setting:
+    """A key with a value (see :func:`setting`)."""
+
     parse: Parser
     # applied to the final value, the default included (e.g. expanding `~`)
     resolve: Callable[[Any], Any] | None = None
@@ -36,11 +38,15 @@ class Setting:
 
 @dataclass(frozen=True)
 class Section:
+    """A key holding a nested dataclass (see :func:`section`)."""
+
     cls: type
 
 
 @dataclass(frozen=True)
 class Table:
+    """A key holding entries keyed by a glob (see :func:`table`)."""
+
     cls: type
     key_field: str  # the field of cls that receives the glob
     what: str  # how the glob keys are named in messages
