@@ -25,6 +25,8 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Node:
+    """One node of the cluster file."""
+
     hostname: str
     username: str | None = None
     script_path: str = "."

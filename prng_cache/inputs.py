@@ -36,6 +36,8 @@ class Alias(NamedTuple):
 
 @dataclass
 class Discovery:
+    """What the jobs' arguments name: the bundles to cache and why the rest is not."""
+
     bundles: dict[str, Bundle] = field(default_factory=dict)  # only inputs chosen for caching
     users: dict[str, set[str]] = field(default_factory=dict)  # every candidate -> job ids
     skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why not cached

@@ -46,6 +46,8 @@ def _utf8(name: str) -> bool:
 
 @dataclass(frozen=True)
 class BundleFile:
+    """One file of a bundle: its name on the node and where it comes from."""
+
     name: str  # basename on the node
     src: str  # coordinator path
     size: int
@@ -54,6 +56,8 @@ class BundleFile:
 
 @dataclass(frozen=True)
 class Bundle:
+    """An input and its companions, cached together under one key."""
+
     key: str  # directory name on the node: file hash, or bundle_key(...) with companions
     path: str  # resolved coordinator path of the input
     name: str  # its basename, kept so workers pick the format by extension

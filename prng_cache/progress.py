@@ -45,6 +45,8 @@ def _size(stream: TextIO) -> tuple[int, int]:
 
 @dataclass
 class _Node:
+    """One node's bar: bytes planned and moved."""
+
     position: int
     total: int = 0  # bytes known to be copied (exact once "plan" arrived)
     planned: bool = False

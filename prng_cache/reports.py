@@ -63,6 +63,8 @@ class NodeReport:
 
 @dataclass
 class GcResult:
+    """What gc removed (or would) on a node and what it kept."""
+
     removed: list[str] = field(default_factory=list)  # keys
     freed_bytes: int = 0
     kept_leased: int = 0
@@ -87,6 +89,8 @@ class GcResult:
 
 @dataclass
 class VerifyResult:
+    """What verify checked on a node and what it found."""
+
     checked: int = 0
     corrupt: dict[str, str] = field(default_factory=dict)  # key -> problem
     removed: list[str] = field(default_factory=list)

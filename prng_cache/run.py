@@ -28,6 +28,8 @@ from .store import LeaseRequest
 
 @dataclass
 class RunPlan:
+    """A run's inputs, where they go and how each job's arguments are rewritten."""
+
     policy: Policy
     nodes: list[Node]  # the whole cluster
     base_dir: str  # where bare relative input names live on the coordinator

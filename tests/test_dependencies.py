@@ -106,6 +106,13 @@ def test_paramiko_private_sftp_api_is_there():
     assert any(re.search(r"_async_request\(self, t, \*\) is not _async_request\(self, fileobj, t, \*\)", p)
                for p in problems), problems
 
+    class NoCallback(paramiko.SFTPClient):
+        def _read_response(self, waitfor=None):  # answers no other owner's requests
+            return self._convert_status(None)
+
+    assert streams.private_api_problems(NoCallback) == [
+        "SFTPClient._read_response no longer calls fileobj._async_response"]
+
 
 def test_sshtunnel_hooks_are_there():
     from prng_cache.transport.ssh import tunnel

@@ -1,6 +1,9 @@
-"""What a stage imports at start: no test or bench machinery, and paramiko's
-optional invoke (only for ssh-config ``Match exec``) deferred until used.
-Mechanism only; start-up time is measured by benchmarks/import_time.py."""
+"""What a stage imports at start: no test or bench machinery, paramiko's
+optional invoke (only for ssh-config ``Match exec``) deferred until used, and
+what only some stages need (PyYAML for a policy file, sshtunnel for a jump
+host, difflib for a mistyped key, decimal for a size given as text) imported
+when needed. Mechanism only; start-up time is measured by
+benchmarks/import_time.py."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FORBIDDEN = ("pytest", "hypothesis", "matplotlib", "numpy", "prng_cache.bench", "prng_cache.testing",
              "tqdm", "unittest", "asyncio")
+#: imported only when a stage needs them (see the module docstring)
+DEFERRED = ("yaml", "sshtunnel", "prng_cache.transport.ssh.tunnel", "difflib", "decimal")
 
 
 def _loaded_after(code: str) -> dict:
@@ -39,6 +44,25 @@ def test_ssh_transport_defers_invoke_until_used():
     doc = _loaded_after("import prng_cache.cli, prng_cache.transport.ssh")
     assert _forbidden(doc["modules"]) == []
     assert doc["invoke"] in (None, "_DeferredModule")  # None: invoke not installed
+
+
+def test_stage_imports_defer_what_only_some_stages_need():
+    doc = _loaded_after("import prng_cache.cli, prng_cache.transport.ssh")
+    assert [m for m in DEFERRED if m in doc["modules"]] == []
+
+
+def test_policy_without_a_file_never_imports_yaml(tmp_path):
+    code = (f"import prng_cache\np = prng_cache.load_policy(env={{}}, cwd={str(tmp_path)!r})\n"
+            "assert p.source == 'defaults'")
+    assert "yaml" not in _loaded_after(code)["modules"]
+
+
+def test_policy_file_imports_yaml_when_read(tmp_path):
+    (tmp_path / "cache_policy.yaml").write_text("inputs:\n  max_file_size: 1.5GiB\n")
+    code = (f"import prng_cache\np = prng_cache.load_policy(env={{}}, cwd={str(tmp_path)!r})\n"
+            "assert p.inputs.max_file_size == 3 << 29")
+    modules = _loaded_after(code)["modules"]
+    assert "yaml" in modules and "decimal" in modules
 
 
 def test_deferred_invoke_still_serves_match_exec():

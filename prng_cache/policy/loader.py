@@ -8,13 +8,12 @@ come from and how layers combine.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
-
-import yaml
 
 from ..errors import PolicyError
 from ..userdata import read_text
@@ -42,8 +41,10 @@ class _Layer:
 
 def _line_of(text: str, path: KeyPath) -> int | None:
     """1-based line of the deepest part of ``path`` found in the YAML text."""
+    import yaml
+
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_loader())
     except Exception:  # noqa: BLE001 - only a nicety for an error message
         return None
     line = None
@@ -63,29 +64,40 @@ def _line_of(text: str, path: KeyPath) -> int | None:
     return line
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that refuses duplicate keys instead of keeping the last one."""
+@functools.lru_cache(maxsize=None)
+def _loader() -> type:
+    """The YAML loader class. PyYAML (~12 ms to import) is imported only when
+    a policy file is read: a stage without one, and every import, skip it."""
+    import yaml
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                    ident = (key_node.tag, key_node.value)
-                    if ident in seen:
-                        raise yaml.constructor.ConstructorError(
-                            "while constructing a mapping", node.start_mark,
-                            f"found duplicate key {key_node.value!r}", key_node.start_mark)
-                    seen.add(ident)
-        return super().construct_mapping(node, deep)
+    class _Loader(yaml.SafeLoader):
+        """Safe YAML that refuses duplicate keys instead of keeping the last one."""
+
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                        ident = (key_node.tag, key_node.value)
+                        if ident in seen:
+                            raise yaml.constructor.ConstructorError(
+                                "while constructing a mapping", node.start_mark,
+                                f"found duplicate key {key_node.value!r}", key_node.start_mark)
+                        seen.add(ident)
+            return super().construct_mapping(node, deep)
+
+    return _Loader
 
 
 def _read_file(root: type, path: str) -> tuple[_Layer, dict[str, Any]]:
     text = read_text(path, PolicyError, missing=None, unreadable="cannot read the policy file",
                      encoding="utf-8-sig")
     layer = _Layer(path, text)
+    loader = _loader()
+    import yaml
+
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         what = getattr(e, "problem", None) or str(e)

@@ -36,6 +36,8 @@ MODES = ("cache", "direct", "off")
 
 @dataclass(frozen=True)
 class InputsPolicy:
+    """``inputs:`` which job arguments are cached, and how they are found."""
+
     include: tuple[str, ...] = setting((), string_list("strings"))
     exclude: tuple[str, ...] = setting(("*.db", "*.sqlite", "*.sqlite3", "*.lock", "*.log"),
                                        string_list("strings"))
@@ -77,6 +79,8 @@ class InputsPolicy:
 
 @dataclass(frozen=True)
 class CapacityPolicy:
+    """``capacity:`` how much of a node's RAM disk the cache may fill."""
+
     max_bytes: int | None = setting(None, optional(size))
     # the loader also checks warn_percent <= max_percent, blaming the layer
     warn_percent: float = setting(50.0, percent)
@@ -85,6 +89,8 @@ class CapacityPolicy:
 
 @dataclass(frozen=True)
 class GcPolicy:
+    """``gc:`` when entries, leases, locks and temporaries count as old."""
+
     max_age: float = setting(7 * 86400.0, duration)
     lease_ttl: float = setting(12 * 3600.0, duration)
     # a manifest lock older than this is considered left by a killed process
@@ -95,6 +101,8 @@ class GcPolicy:
 
 @dataclass(frozen=True)
 class TransportPolicy:
+    """``transport:`` how nodes are reached over SSH."""
+
     # `~` is expanded when loaded; TransportPolicy() itself keeps it
     ssh_config: str = setting("~/.ssh/config", user_path, resolve=os.path.expanduser)
     known_hosts: str = setting("~/.ssh/known_hosts", user_path, resolve=os.path.expanduser)
@@ -130,6 +138,8 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class Policy:
+    """The whole policy, as merged from defaults, file, environment and options."""
+
     cache_root: str = setting("/dev/shm/prng", abs_path)
     enabled: bool = setting(True, boolean)
     inputs: InputsPolicy = section(InputsPolicy)

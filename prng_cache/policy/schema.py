@@ -17,7 +17,6 @@ field cannot be silently left out of the file format.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -30,6 +29,8 @@ _META = "prng_cache.policy"
 
 @dataclass(frozen=True)
 class Setting:
+    """A key with a value (see :func:`setting`)."""
+
     parse: Parser
     # applied to the final value, the default included (e.g. expanding `~`)
     resolve: Callable[[Any], Any] | None = None
@@ -37,11 +38,15 @@ class Setting:
 
 @dataclass(frozen=True)
 class Section:
+    """A key holding a nested dataclass (see :func:`section`)."""
+
     cls: type
 
 
 @dataclass(frozen=True)
 class Table:
+    """A key holding entries keyed by a glob (see :func:`table`)."""
+
     cls: type
     key_field: str  # the field of cls that receives the glob
     what: str  # how the glob keys are named in messages
@@ -165,6 +170,8 @@ def _check_keys(root: type, value: Mapping, known: list[str], path: KeyPath) -> 
 
 
 def _unknown(root: type, key: str, known: list[str], parent: KeyPath) -> str:
+    import difflib  # only for a mistyped key's message
+
     prefix = fmt_path(parent) + "." if parent else ""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if close:

@@ -13,7 +13,6 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 from ..userdata import type_name as _type_name
@@ -82,6 +81,8 @@ def parse_size(text: str | int) -> int:
     unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
     if unit is None:
         raise ValueError(f"{_SIZE_HINT}, got {text!r}")
+    from decimal import Decimal, InvalidOperation  # exact fractions; only when a size is text (~1 ms)
+
     try:
         return int(Decimal(m.group(1)) * unit)
     except (InvalidOperation, OverflowError):

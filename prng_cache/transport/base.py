@@ -55,6 +55,8 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class DiskUsage:
+    """statvfs() of a file system, in bytes."""
+
     total: int
     used: int
     free: int

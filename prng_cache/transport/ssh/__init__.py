@@ -10,7 +10,8 @@ operation. One concern per module:
 - :mod:`.sockets` -- tuned TCP sockets, ProxyCommand without a shell;
 - :mod:`.connect` -- routes, handshakes, error messages, the SFTP session;
 - :mod:`.tunnel` -- single-gateway jumps through a shared
-  ``sshtunnel.SSHTunnelForwarder``;
+  ``sshtunnel.SSHTunnelForwarder`` (imported only when a jump host needs it);
+- :mod:`.quiet` -- paramiko's and sshtunnel's log records as debug detail;
 - :mod:`.streams` -- pipelined SFTP streams (paramiko's private SFTP API);
 - :mod:`.batch` -- many small SFTP operations in flight across files (same API);
 - :mod:`.listing` -- many directories listed by one ``find`` over exec (SFTP fallback);

@@ -23,15 +23,19 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import paramiko
-import sshtunnel
 
 from ...errors import HostKeyError, PrngCacheError, TransportError
 from ...policy import TransportPolicy
-from . import hostkeys, tunnel
+from . import hostkeys
+from .quiet import quiet_logger
 from .sockets import proxy_command, tcp_connect
 from .target import SSHTarget
+
+if TYPE_CHECKING:  # sshtunnel (.tunnel) is imported only when a jump host needs it
+    from . import tunnel
 
 log = logging.getLogger(__name__)
 PARAMIKO_LOG = "prng_cache.transport.ssh.paramiko"
@@ -171,6 +175,10 @@ class Connector:
         gateway's own connection (opened here when there is none yet) is a
         hop like any other; the node is reached on the forwarder's local
         port, its host key checked under its own name."""
+        import sshtunnel
+
+        from . import tunnel
+
         problems = tunnel.hook_problems()
         if problems:
             raise TransportError(
@@ -210,7 +218,7 @@ class Connector:
         timeout = self.timeout
         client = paramiko.SSHClient()
         # paramiko logs (with tracebacks) what we report once per node anyway
-        client.set_log_channel(tunnel.quiet_logger(PARAMIKO_LOG).name)
+        client.set_log_channel(quiet_logger(PARAMIKO_LOG).name)
         label = self._hop_label(hop)
         loaded = hostkeys.apply_policy(client, hop, label, self.settings.strict_host_keys, self.host)
         keys = [f for f in hop.identity_files if os.path.isfile(f)]
