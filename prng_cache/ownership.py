@@ -87,6 +87,9 @@ class Snapshot:
     # this root's ownership tokens (normally one; two stagers creating a
     # fresh root at once may each leave one: both are ours)
     tokens: set[str] = field(default_factory=set)
+    # the manifest's bytes as read (a re-read that finds them unchanged
+    # need not decode them again)
+    raw: bytes | None = field(default=None, repr=False)
 
     @property
     def untracked(self) -> list[str]:
@@ -213,18 +216,24 @@ class CacheRoot:
                 dropped.append(key)
                 del manifest.entries[key]
         self.tokens = root_tokens(listing)
-        return Snapshot(manifest, listing, reset, dropped, set(self.tokens))
+        return Snapshot(manifest, listing, reset, dropped, set(self.tokens), raw=data)
 
     def reload(self, names: set[str], plan: Snapshot) -> Snapshot:
         """:meth:`load` for a commit under the lock, O(what it touches): the
         manifest again, and of the root only ``names`` (what this stage
         wrote) and the entries ``plan`` found gone, re-checked. Entries
         others recorded meanwhile are kept as they are; the next full load
-        reconciles them. ``listing`` holds only those names."""
+        reconciles them. ``listing`` holds only those names. Takes over
+        ``plan.manifest`` when the manifest is unchanged since."""
         data, reset = self._read_manifest()
         recheck = set(names) | set(plan.dropped)
         listing = self._infos(recheck)
-        manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn=False)
+        if data is not None and data == plan.raw:
+            # nobody wrote it since the plan: the plan's own (reconciled)
+            # manifest, not a second decode of thousands of entries
+            manifest = plan.manifest
+        else:
+            manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn=False)
         dropped = []
         for key in recheck & set(manifest.entries):
             info = listing.get(key)
@@ -299,6 +308,12 @@ class CacheRoot:
 
     def trash_name(self) -> str:
         return f"{TRASH_PREFIX}{self.token}-{PROCESS_TOKEN}-{_token()}"
+
+    def refresh_tokens(self) -> set[str]:
+        """This root's tokens as the root holds them now (a concurrent
+        stager creating the root may have left its own): one listing."""
+        self.tokens = set(self.tokens) | root_tokens(self.t.listdir_attr_large(self.root))
+        return self.tokens
 
     def owns_dir(self, name: str, info: FileInfo | None, tokens: set[str] | None = None) -> bool:
         """A directory of ours that the manifest does not list: a real

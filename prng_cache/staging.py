@@ -38,6 +38,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     """
     host = store.host
     rep = NodeReport(host=host, status="ok", cache_root=store.root)
+    store.t.expect_batches()
     store.ensure_root()
     rep.warnings.extend(store.notes)
     snap = store.load()

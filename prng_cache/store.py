@@ -36,7 +36,7 @@ CHUNK = 1 << 20
 #: read whole into memory (hash-checked before a byte is sent) ...
 SMALL_FILE = 1 << 20
 #: ... at most this many bytes of them at a time (client memory stays bounded)
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 8 << 20
 
 
 @dataclass
@@ -272,6 +272,12 @@ class NodeStore(CacheRoot):
         now = self.clock()
         trash: list[str] = []
         refused: dict[str, str] = {}
+        fresh: list[set[str]] = []
+
+        def tokens_now() -> set[str]:  # rare: an unlisted <key> in the way; listed once
+            if not fresh:
+                fresh.append(self.refresh_tokens() if plan is not None else self.tokens)
+            return fresh[0]
         try:
             with self.lock():
                 # with the stage's own snapshot: only what it wrote is
@@ -301,7 +307,7 @@ class NodeStore(CacheRoot):
                             continue  # a concurrent stager won
                         if b.key not in snap.listing:  # gone meanwhile (reclaimed): take its place
                             self.t.rename(p.pending_tmp, self.path(b.key))
-                        elif entry is None and not self.owns_dir(b.key, snap.listing.get(b.key)):
+                        elif entry is None and not self.owns_dir(b.key, snap.listing.get(b.key), tokens_now()):
                             refused[b.key] = (f"{self.path(b.key)} exists and is not prng-cache's "
                                               f"(no marker of this cache root); left untouched")
                             continue

@@ -155,6 +155,10 @@ class Transport(ABC):
         self.close()
 
     # ------------------------------------------------------------ batches
+    def expect_batches(self) -> None:
+        """Hint: batch operations (:meth:`put_dirs`, many listings) follow;
+        a transport may get ready for them in the background."""
+
     def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
         """:meth:`listdir_attr` of a directory expected to hold thousands of
         names; transports override it with a cheaper way to list many."""

@@ -21,7 +21,7 @@ import logging
 import os
 import shlex
 import zlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..base import DirUpload, FileInfo
 from . import node_helper
@@ -63,21 +63,20 @@ def _oserror(raw: list, host: str) -> OSError:
     return OSError(err, f"{op} failed on {host}: {msg}", _s(path))
 
 
-def _coalesced(parts: list[bytes], size: int = 1 << 20) -> list[bytes]:
+def _coalesced(parts: list[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     """Many small files as few large writes: each ``sendall`` is at least
-    one packet, and a packet per 10 KB file is what made SFTP slow."""
-    out: list[bytes] = []
+    one packet, and a packet per 10 KB file is what made SFTP slow. Lazy:
+    one run of about ``size`` bytes exists at a time."""
     run: list[bytes] = []
     n = 0
     for p in parts:
         run.append(p)
         n += len(p)
         if n >= size:
-            out.append(b"".join(run))
+            yield b"".join(run)
             run, n = [], 0
     if run:
-        out.append(b"".join(run))
-    return out
+        yield b"".join(run)
 
 
 class NodeHelper:

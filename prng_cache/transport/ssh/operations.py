@@ -121,11 +121,16 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             return self
         self._drop()
         self._conn = Connector(self.host, self.settings, self.io_timeout).open(self.target)
-        if self.settings.node_helper:
-            # started now, awaited at first use: the node's python (and the
-            # login shell's rc files) start while the stage reads the manifest
-            self._start_helper()
         return self
+
+    def expect_batches(self) -> None:
+        """A stage begins: start the node's helper now, awaited at first
+        use, so the node's python (and its login shell's rc files) start
+        while the stage reads the manifest."""
+        if self.settings.node_helper:
+            self._session()
+            if self._helper is None or self._helper[0] is not self._conn:
+                self._start_helper()
 
     def _alive(self) -> bool:
         return self._conn is not None and self._conn.alive()
