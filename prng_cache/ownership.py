@@ -46,6 +46,8 @@ from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode, is_ke
 
 #: ~100 entries: from here on the root is listed as a large directory
 LARGE_MANIFEST_BYTES = 16 << 10
+#: manifest bytes per entry, roughly (an estimate of the root's size)
+ENTRY_BYTES = 150
 from .policy import GcPolicy, NodeSettings
 from .transport.base import FileInfo, Transport
 
@@ -207,7 +209,8 @@ class CacheRoot:
         # is safe, the manifest's writes are merged under the lock). A large
         # manifest means a large root: list it the way that scales.
         big = data is not None and len(data) > LARGE_MANIFEST_BYTES
-        listing = self.t.listdir_attr_large(self.root) if big else self.t.listdir_attr(self.root)
+        listing = (self.t.listdir_attr_large(self.root, expect=len(data) // ENTRY_BYTES) if big
+                   else self.t.listdir_attr(self.root))
         manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn)
         dropped = []
         for key in list(manifest.entries):
@@ -246,7 +249,7 @@ class CacheRoot:
         """lstat of some names in the root (absent: missing). Many are
         cheaper as one listing of the root than one request each."""
         if len(names) > 16:
-            return {n: i for n, i in self.t.listdir_attr_large(self.root).items() if n in names}
+            return {n: i for n, i in self.t.listdir_attr_large(self.root, expect=len(names)).items() if n in names}
         out = {}
         for n in sorted(names):
             info = self.t.lstat(self.path(n))

@@ -159,9 +159,10 @@ class Transport(ABC):
         """Hint: batch operations (:meth:`put_dirs`, many listings) follow;
         a transport may get ready for them in the background."""
 
-    def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
-        """:meth:`listdir_attr` of a directory expected to hold thousands of
-        names; transports override it with a cheaper way to list many."""
+    def listdir_attr_large(self, path: str, expect: int = 0) -> dict[str, FileInfo]:
+        """:meth:`listdir_attr` of a directory expected to hold many names
+        (about ``expect``); transports override it with a cheaper way to
+        list many."""
         return self.listdir_attr(path)
 
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:

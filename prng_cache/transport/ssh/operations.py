@@ -37,9 +37,10 @@ FIND_MIN = 128
 #: helper (:mod:`.helper`, started with the connection; once it is up, any
 #: batch or large listing uses it)
 HELPER_MIN = 32
-#: a listing waits for the helper only from this many directories on: below,
-#: one find (or pipelined SFTP) is done before a python has started
-HELPER_MIN_LISTING = 2000
+#: a listing waits for the helper from this many directories on (the
+#: helper, started with the stage, is ahead of a find started now); below,
+#: pipelined SFTP unless the helper is up already
+HELPER_MIN_LISTING = FIND_MIN
 
 
 def _info(a: SFTPAttributes) -> FileInfo:
@@ -177,10 +178,11 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         with self._op("listdir", path):
             return {a.filename: _info(a) for a in sftp.listdir_attr(path)}
 
-    def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
-        """A directory expected to hold thousands of names: one request to
-        the node's helper instead of paging it over SFTP."""
-        h = self._node_helper(start=False)
+    def listdir_attr_large(self, path: str, expect: int = 0) -> dict[str, FileInfo]:
+        """A directory expected to hold many names: one request to the
+        node's helper (waited for from HELPER_MIN_LISTING names on) instead
+        of paging it over SFTP."""
+        h = self._node_helper(start=expect >= HELPER_MIN_LISTING)
         if h is not None:
             with self._op("listdir", path):
                 try:
