@@ -33,6 +33,7 @@ import contextlib
 import errno
 import logging
 import re
+import itertools
 import os
 import secrets
 import socket
@@ -64,8 +65,14 @@ PROCESS_TOKEN = secrets.token_hex(4)
 _TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
+_SERIAL = itertools.count()
+
+
 def _token() -> str:
-    return secrets.token_hex(6)
+    """Unique within this process (and a forked child: its pid differs);
+    the root is private, so unique is enough. A random token per name cost
+    a getrandom() call per published file."""
+    return f"{os.getpid():x}{next(_SERIAL):08x}"
 
 
 def new_root_token() -> str:

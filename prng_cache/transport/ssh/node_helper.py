@@ -93,13 +93,12 @@ def _read_exact(inp, n):
 
 def _put_item(item, inp):
     """Create ``tmp`` (exclusively) with every file (exclusively, exact
-    mode, CRC checked), then rename it to ``dst``. The bytes of every file
+    mode, CRC checked before it is written), then rename it to ``dst``. The bytes of every file
     are consumed even after a failure, so the stream stays in step."""
     tmp = _b(item["tmp"])
     failure = None
     try:
-        os.mkdir(tmp, item["mode"])
-        os.chmod(tmp, item["mode"])  # the node's umask must not change it
+        os.mkdir(tmp, item["mode"])  # exact: umask is 0 (main)
     except OSError as e:
         failure = _err("mkdir", e, tmp)
     for hname, size, mode, crc in item["files"]:
@@ -119,7 +118,6 @@ def _put_item(item, inp):
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
         except OSError as e:
             failure = _err("write", e, path)
         finally:
@@ -142,6 +140,9 @@ def op_put(req, inp):
 
 
 def main():
+    # modes given are exact (the SFTP path sets them explicitly too): no
+    # chmod per file and directory
+    os.umask(0)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     out.write(HELLO)
     out.flush()
