@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
-import re
 import itertools
+import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -99,6 +99,9 @@ class Snapshot:
     # the manifest's bytes as read (a re-read that finds them unchanged
     # need not decode them again)
     raw: bytes | None = field(default=None, repr=False)
+    # listings of the entry directories asked for with the root's (load's
+    # ``wanted``): key -> {name: info} or the OSError of listing it
+    entry_listings: dict = field(default_factory=dict, repr=False)
 
     @property
     def untracked(self) -> list[str]:
@@ -205,20 +208,33 @@ class CacheRoot:
         return True
 
     # ------------------------------------------------------------ manifest
-    def load(self, *, warn: bool = True) -> Snapshot:
+    def load(self, *, warn: bool = True, wanted: Callable[[Manifest], list[str]] | None = None) -> Snapshot:
         """Read the manifest and reconcile it with a listing of the root.
 
         warn=False for the re-reads under the lock: a fresh root has
-        directories (just published) before it has a manifest."""
+        directories (just published) before it has a manifest. ``wanted``:
+        the entries (keys) of the manifest whose directories to list along
+        with the root (``entry_listings``; one request where the transport
+        can)."""
         data, reset = self._read_manifest()
         # listed after the manifest is read: an entry recorded meanwhile is
         # then in both; one removed meanwhile is dropped below (either order
         # is safe, the manifest's writes are merged under the lock). A large
         # manifest means a large root: list it the way that scales.
-        big = data is not None and len(data) > LARGE_MANIFEST_BYTES
-        listing = (self.t.listdir_attr_large(self.root, expect=len(data) // ENTRY_BYTES) if big
-                   else self.t.listdir_attr(self.root))
-        manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn)
+        manifest = None
+        if wanted is not None and data is not None:
+            manifest, reset = self._manifest_of(data, reset, False, warn)
+        keys = wanted(manifest) if manifest is not None else []
+        entry_listings: dict = {}
+        if keys:
+            listing, by_path = self.t.survey(self.root, [self.path(k) for k in keys])
+            entry_listings = {k: by_path[self.path(k)] for k in keys}
+        elif data is not None and len(data) > LARGE_MANIFEST_BYTES:
+            listing = self.t.listdir_attr_large(self.root, expect=len(data) // ENTRY_BYTES)
+        else:
+            listing = self.t.listdir_attr(self.root)
+        if manifest is None:
+            manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn)
         dropped = []
         for key in list(manifest.entries):
             info = listing.get(key)
@@ -226,7 +242,8 @@ class CacheRoot:
                 dropped.append(key)
                 del manifest.entries[key]
         self.tokens = root_tokens(listing)
-        return Snapshot(manifest, listing, reset, dropped, set(self.tokens), raw=data)
+        return Snapshot(manifest, listing, reset, dropped, set(self.tokens), raw=data,
+                        entry_listings=entry_listings)
 
     def reload(self, names: set[str], plan: Snapshot) -> Snapshot:
         """:meth:`load` for a commit under the lock, O(what it touches): the

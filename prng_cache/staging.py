@@ -41,7 +41,21 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     store.t.expect_batches()
     store.ensure_root()
     rep.warnings.extend(store.notes)
-    snap = store.load()
+    unique: dict[str, Bundle] = {}
+    for b in bundles:
+        unique.setdefault(b.key + "/" + b.name, b)
+    # one directory per key: the same content named twice is published once,
+    # with both names, instead of two publishers racing for one directory
+    groups: dict[str, Bundle] = {}
+    for b in unique.values():
+        g = groups.get(b.key)
+        if g is None:
+            groups[b.key] = b
+        else:
+            extra_files = tuple(f for f in b.files if f.name not in {x.name for x in g.files})
+            groups[b.key] = replace(g, files=g.files + extra_files)
+    # the root and the entries this stage needs, listed together
+    snap = store.load(wanted=lambda m: [k for k in groups if k in m.entries])
     m = snap.manifest
     if snap.reset_reason:
         rep.warnings.append(f"{snap.reset_reason}: rebuilt")
@@ -71,19 +85,6 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     # (a stage without a run's lease, `prng-cache stage`, keeps them like any input)
     scoped = ({b.key for b in bundles if b.run_scoped} - {b.key for b in bundles if not b.run_scoped}
               if lease is not None else set())
-    unique: dict[str, Bundle] = {}
-    for b in bundles:
-        unique.setdefault(b.key + "/" + b.name, b)
-    # one directory per key: the same content named twice is published once,
-    # with both names, instead of two publishers racing for one directory
-    groups: dict[str, Bundle] = {}
-    for b in unique.values():
-        g = groups.get(b.key)
-        if g is None:
-            groups[b.key] = b
-        else:
-            extra_files = tuple(f for f in b.files if f.name not in {x.name for x in g.files})
-            groups[b.key] = replace(g, files=g.files + extra_files)
 
     present: list[Bundle] = []
     missing: list[tuple[Bundle, Any]] = []  # (bundle, existing entry to extend or None)
@@ -94,7 +95,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         have = [f.name for f in b.files if f.name in entry.files] if entry is not None else []
         if have:
             checks.append((b.key, entry, have, {f.name: f for f in b.files}))
-    problems = store.entries_ok(checks)
+    problems = store.entries_ok(checks, snap.entry_listings)
     for b in groups.values():
         entry = m.entries.get(b.key)
         if entry is not None:

@@ -73,15 +73,19 @@ class NodeStore(CacheRoot):
         """
         return self.entries_ok([(key, entry, names, files)])[key]
 
-    def entries_ok(self, checks: list[tuple[str, Entry, list[str] | None, dict[str, BundleFile] | None]]
-                   ) -> dict[str, str | None]:
+    def entries_ok(self, checks: list[tuple[str, Entry, list[str] | None, dict[str, BundleFile] | None]],
+                   listed: dict | None = None) -> dict[str, str | None]:
         """:meth:`entry_ok` of many entries: their directories are listed
         together (one batch of overlapping requests, not one listing after
-        another). Only the entries asked about are looked at."""
-        listings = self.t.listdirs_attr([self.path(key) for key, *_ in checks]) if checks else {}
+        another), unless ``listed`` (key -> listing, from the snapshot's
+        ``entry_listings``) has them already. Only the entries asked about
+        are looked at."""
+        listed = listed or {}
+        todo = [self.path(key) for key, *_ in checks if key not in listed]
+        listings = self.t.listdirs_attr(todo) if todo else {}
         out: dict[str, str | None] = {}
         for key, entry, names, files in checks:
-            listing = listings[self.path(key)]
+            listing = listed[key] if key in listed else listings[self.path(key)]
             if isinstance(listing, (FileNotFoundError, NotADirectoryError)):
                 out[key] = "directory missing"
             elif isinstance(listing, OSError):

@@ -93,3 +93,17 @@ def pytest_runtest_makereport(item, call):
 
 
 # ========================================================= end SSH test cluster
+
+
+@pytest.fixture(autouse=True)
+def _helper_failures_forgotten():
+    """Each test starts with no node's python helper remembered as failed
+    (a process remembers that for 10 minutes)."""
+    try:
+        from prng_cache.transport.ssh import operations
+    except Exception:  # paramiko missing: nothing to forget
+        yield
+        return
+    operations._helper_failed_at.clear()
+    yield
+    operations._helper_failed_at.clear()

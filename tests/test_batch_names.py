@@ -56,9 +56,10 @@ def test_250_hostile_names_batch_then_find_warm_check(cluster, src, monkeypatch,
     calls = []
     if path == "helper":
         monkeypatch.setattr(operations, "HELPER_MIN_LISTING", 1)  # waited for: deterministic
-        orig_l = helper.NodeHelper.listdirs
-        monkeypatch.setattr(helper.NodeHelper, "listdirs",
-                            lambda self, *a: calls.append(True) or orig_l(self, *a))
+        for meth in ("listdirs", "survey"):
+            orig_l = getattr(helper.NodeHelper, meth)
+            monkeypatch.setattr(helper.NodeHelper, meth,
+                                lambda self, *a, _o=orig_l: calls.append(True) or _o(self, *a))
     else:
         orig = listing.run
 

@@ -58,8 +58,9 @@ def test_planted_links_among_220_entries_never_served(cluster, src, monkeypatch,
     calls = []
     if path == "helper":
         monkeypatch.setattr(operations, "HELPER_MIN_LISTING", 1)  # waited for: deterministic
-        orig_h = helper.NodeHelper.listdirs
-        monkeypatch.setattr(helper.NodeHelper, "listdirs", lambda self, *a: calls.append(1) or orig_h(self, *a))
+        for meth in ("listdirs", "survey"):
+            orig_h = getattr(helper.NodeHelper, meth)
+            monkeypatch.setattr(helper.NodeHelper, meth, lambda self, *a, _o=orig_h: calls.append(1) or _o(self, *a))
     else:
         orig = listing.run
         monkeypatch.setattr(listing, "run", lambda *a: calls.append(1) or orig(*a))

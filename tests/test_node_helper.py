@@ -3,7 +3,14 @@ real sshd nodes: the same outcomes as the SFTP pipeline, and SFTP whenever
 the helper cannot serve (no python3, junk on stdout, killed mid-stream)."""
 from __future__ import annotations
 
+import errno
+import json
+import os
 import shlex
+import stat
+import subprocess
+import time
+import zlib
 
 import pytest
 
@@ -13,7 +20,7 @@ from test_faults import (  # noqa: F401 - fixtures
 )
 from prng_cache.inputs import discover
 from prng_cache.policy import CapacityPolicy
-from prng_cache.transport.ssh import helper, operations
+from prng_cache.transport.ssh import helper, node_helper, operations
 
 
 def _bundles(policy, d, paths):
@@ -23,9 +30,9 @@ def _bundles(policy, d, paths):
 
 
 def _spy(monkeypatch) -> list:
-    """Calls that went through a running helper: ("put" | "list" | "ls")."""
+    """Calls that went through a running helper: ("put" | "list" | "ls" | "survey")."""
     calls: list = []
-    for name, tag in (("put_dirs", "put"), ("listdirs", "list"), ("listdir_attr", "ls")):
+    for name, tag in (("put_dirs", "put"), ("listdirs", "list"), ("listdir_attr", "ls"), ("survey", "survey")):
         orig = getattr(helper.NodeHelper, name)
 
         def spy(self, *a, _orig=orig, _tag=tag):
@@ -52,7 +59,7 @@ def test_cold_and_warm_300_files_go_through_the_helper(cluster, src, monkeypatch
     monkeypatch.setattr(operations, "HELPER_MIN_LISTING", 100)  # wait for it: deterministic
     rep2 = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
     assert rep2.status == "ok" and rep2.copied_files == 0 and len(rep2.staged) == 300, rep2.to_dict()
-    assert "list" in calls  # the 300 entries checked by the helper
+    assert "survey" in calls  # the root and the 300 entries listed by the helper at once
     assert not [n for n in node_names(node, root_of(node)) if n.startswith(".tmp-")]
 
 
@@ -160,3 +167,94 @@ def test_helper_command_line_is_constant():
     # paths and names travel on stdin: nothing of the node's or the user's
     # reaches the node's shell
     assert helper.COMMAND == "python3 -I -S -c " + shlex.quote(helper._BOOT)
+
+
+def test_python3_that_hangs_before_hello_costs_connect_timeout_once(cluster, src, monkeypatch):
+    node = cluster["rig-a"]
+    monkeypatch.setattr(helper, "COMMAND", "sleep 600; " + helper.COMMAND)  # stuck before python starts
+    d, paths = _many(src, 40, 2_000)
+    policy = make_policy(cluster, d)  # connect_timeout 3 s
+    bs = _bundles(policy, d, paths)
+    try:
+        t0 = time.monotonic()
+        rep = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
+        first = time.monotonic() - t0
+        assert rep.status == "ok" and len(rep.staged) == 40, rep.to_dict()
+        assert first < 3.0 + 10, first  # bounded by connect_timeout, not the 60 s I/O timeout
+        t0 = time.monotonic()
+        rep2 = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
+        assert rep2.status == "ok" and time.monotonic() - t0 < 3.0  # not asked again by this process
+    finally:
+        node.run("pkill -f 'sleep 600'", check=False)
+
+
+def _local_helper(tmp_path):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    p = subprocess.Popen(["sh", "-c", helper.COMMAND], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         env=env, cwd=tmp_path)
+    src_ = helper._source()
+    p.stdin.write(b"%d\n" % len(src_) + src_)
+    p.stdin.flush()
+    assert p.stdout.readline() == node_helper.HELLO
+    return p
+
+
+def _put_request(tmp_path, n):
+    items, data = [], b""
+    for i in range(n):
+        body = b"x%d" % i
+        items.append({"tmp": helper._h(str(tmp_path / f".tmp-{i}")), "dst": helper._h(str(tmp_path / f"k{i}")),
+                      "mode": 0o700, "files": [[helper._h("f"), len(body), 0o400, zlib.crc32(body)]]})
+        data += body
+    return json.dumps({"op": "put", "items": items}).encode() + b"\n" + data
+
+
+def test_node_helper_publishes_with_exact_modes_and_answers(tmp_path):
+    p = _local_helper(tmp_path)
+    p.stdin.write(_put_request(tmp_path, 3))
+    p.stdin.flush()
+    line = p.stdout.readline()
+    assert line.startswith(b"...") and json.loads(line.lstrip(b".")) == {"results": [None, None, None]}
+    p.stdin.close()
+    assert p.wait(10) == 0
+    for i in range(3):
+        assert (tmp_path / f"k{i}" / "f").read_bytes() == b"x%d" % i
+        assert stat.S_IMODE((tmp_path / f"k{i}" / "f").stat().st_mode) == 0o400
+        assert stat.S_IMODE((tmp_path / f"k{i}").stat().st_mode) == 0o700
+
+
+def test_node_helper_abandoned_by_the_coordinator_creates_nothing_more(tmp_path):
+    # the coordinator gave up (stalled helper) and closed the channel: the
+    # helper, resumed with requests still in its stdin, must not go on
+    p = _local_helper(tmp_path)
+    p.stdout.close()  # as sshd closes our end when the channel closes
+    p.stdin.write(_put_request(tmp_path, 5))
+    p.stdin.close()
+    p.wait(10)
+    assert not [x for x in os.listdir(tmp_path) if x.startswith((".tmp-", "k"))]
+
+
+def test_node_helper_refuses_bytes_that_do_not_match_their_crc(tmp_path):
+    p = _local_helper(tmp_path)
+    req = _put_request(tmp_path, 1)
+    p.stdin.write(req[:-2] + b"yy")  # same length, other bytes
+    p.stdin.flush()
+    ans = json.loads(p.stdout.readline().lstrip(b"."))
+    p.stdin.close()
+    p.wait(10)
+    assert ans["results"][0][0] == "write" and "differ" in ans["results"][0][2]
+    assert not (tmp_path / "k0").exists()  # never renamed into place
+
+
+def test_node_helper_never_replaces_a_directory_put_in_the_way(tmp_path):
+    (tmp_path / "k0").mkdir()  # empty, someone else's: rename(2) would replace it
+    p = _local_helper(tmp_path)
+    p.stdin.write(_put_request(tmp_path, 2))
+    p.stdin.flush()
+    ans = json.loads(p.stdout.readline().lstrip(b"."))
+    p.stdin.close()
+    p.wait(10)
+    assert ans["results"][0][0] == "rename" and ans["results"][0][1] == errno.EEXIST
+    assert ans["results"][1] is None
+    assert os.listdir(tmp_path / "k0") == []  # untouched
+    assert (tmp_path / ".tmp-0" / "f").read_bytes() == b"x0"  # complete, left for the caller

@@ -125,3 +125,15 @@ def test_listdir_attr_large_matches_listdir_attr(c: Case):
     small = c.t.listdir_attr(c.base)
     assert _facts(big) == _facts(small)
     assert big["link"].is_symlink and big["file"].is_file and big["d0000"].is_dir
+
+
+def test_survey_is_the_root_listing_and_the_entry_listings(c: Case):
+    names = _tree(c, operations.FIND_MIN + 2)
+    root, got = c.t.survey(c.base, [c.p(d) for d in names])
+    _used_helper(c)
+    assert _facts(root) == _facts(c.t.listdir_attr(c.base))
+    _check(c, got, names)
+    assert set(got) == {c.p(d) for d in names}
+    if c.kind == "ssh":  # a missing root is an error, not an empty listing
+        with pytest.raises(FileNotFoundError):
+            c.t.survey(c.p("missing"), [c.p("missing", "x")] * (operations.FIND_MIN + 1))

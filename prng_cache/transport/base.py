@@ -165,6 +165,12 @@ class Transport(ABC):
         list many."""
         return self.listdir_attr(path)
 
+    def survey(self, parent: str, paths: list[str]) -> tuple[dict[str, FileInfo],
+                                                             dict[str, dict[str, FileInfo] | OSError]]:
+        """:meth:`listdir_attr_large` of ``parent`` and :meth:`listdirs_attr`
+        of ``paths`` (directories in it); transports may do both at once."""
+        return self.listdir_attr_large(parent, expect=len(paths)), self.listdirs_attr(paths) if paths else {}
+
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """``listdir_attr`` of many directories; a directory that cannot be
         listed maps to its OSError (a symlink to a directory may be followed

@@ -84,10 +84,12 @@ class NodeHelper:
 
     def __init__(self, ssh_transport, host: str, timeout: float, io_timeout: float):
         """Start the helper; its hello is awaited by :meth:`ready` (the
-        node's python starts while the coordinator does other work)."""
+        node's python starts while the coordinator does other work), for
+        ``timeout`` at most."""
         self.host = host
         self._ssh = ssh_transport
         self._hello = False
+        self._timeouts = (timeout, io_timeout)
         self._chan = ssh_transport.open_session(timeout=timeout)
         try:
             self._chan.settimeout(io_timeout)
@@ -107,10 +109,15 @@ class NodeHelper:
         if not wait and not self._chan.recv_ready() and not self._chan.closed:
             return False
         try:
+            # a python that hangs before its hello (a wrapper waiting on a
+            # lock, a stuck home) costs connect_timeout, not the I/O timeout
+            self._chan.settimeout(self._timeouts[0])
             hello = self._out.readline()
+            self._chan.settimeout(self._timeouts[1])
         except Exception as e:
             if not self._ssh.is_active():
                 raise
+            self.close()
             raise HelperGone(f"no helper ({e or type(e).__name__})") from e
         if hello != node_helper.HELLO:
             self.close()
@@ -136,6 +143,7 @@ class NodeHelper:
                 raise  # the connection: the caller reports the node
             # the helper's channel alone failed (it died, or stalls)
             raise HelperGone(f"helper channel failed ({e or type(e).__name__})") from e
+        line = line.lstrip(b".")  # a put's progress marks
         if not line.endswith(b"\n"):
             raise HelperGone("helper ended mid-request")
         try:
@@ -153,10 +161,21 @@ class NodeHelper:
             raise _oserror(ans["error"], self.host)
         return {_s(n): _info(i) for n, i in ans["items"]}
 
+    def survey(self, parent: str, names: list[str]) -> tuple[dict[str, FileInfo],
+                                                              dict[str, dict[str, FileInfo] | OSError]]:
+        """:meth:`listdir_attr` of ``parent`` and :meth:`listdirs` of some
+        of its directories, in one request."""
+        ans = self._ask({"op": "survey", "dir": _h(parent), "names": [_h(n) for n in names]})
+        if "error" in ans:
+            raise _oserror(ans["error"], self.host)
+        return {_s(n): _info(i) for n, i in ans["root"]}, self._listed(parent, ans)
+
     def listdirs(self, parent: str, names: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """name -> its children, or the OSError of listing ``parent/name``
         (NotADirectoryError for anything but a real directory)."""
-        ans = self._ask({"op": "list", "dir": _h(parent), "names": [_h(n) for n in names]})
+        return self._listed(parent, self._ask({"op": "list", "dir": _h(parent), "names": [_h(n) for n in names]}))
+
+    def _listed(self, parent: str, ans: dict) -> dict[str, dict[str, FileInfo] | OSError]:
         out: dict[str, Any] = {}
         for hname, info, children in ans["items"]:
             name = _s(hname)

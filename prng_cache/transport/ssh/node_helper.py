@@ -11,7 +11,8 @@ serve; the coordinator still judges every listing itself.
 Protocol (stdin/stdout, binary): the helper prints ``HELLO``; then per
 request one JSON line (paths and names as hex of their bytes: a node's
 file names need not be UTF-8), for ``put`` followed by the raw bytes of
-every file in order; per request one JSON line answered. EOF ends it.
+every file in order; per request one JSON line answered (for ``put``
+preceded by a "." per item). EOF ends it.
 """
 
 import binascii
@@ -80,6 +81,18 @@ def op_list(req):
     return {"items": out}
 
 
+def op_survey(req):
+    """A root's listing and some of its directories' (op_list), in one pass."""
+    parent = _b(req["dir"])
+    try:
+        root = _listing(parent)
+    except OSError as e:
+        return {"error": _err("listdir", e, parent)}
+    ans = op_list(req)
+    ans["root"] = root
+    return ans
+
+
 def _read_exact(inp, n):
     chunks = []
     while n:
@@ -91,10 +104,16 @@ def _read_exact(inp, n):
     return b"".join(chunks)
 
 
-def _put_item(item, inp):
+def _put_item(item, inp, out):
     """Create ``tmp`` (exclusively) with every file (exclusively, exact
-    mode, CRC checked before it is written), then rename it to ``dst``. The bytes of every file
-    are consumed even after a failure, so the stream stays in step."""
+    mode, CRC checked before it is written), then rename it to ``dst``. The
+    bytes of every file are consumed even after a failure, so the stream
+    stays in step."""
+    # a "." per item: if the coordinator gave up on us (we were stopped,
+    # it timed out and closed the channel), this write fails and we exit
+    # before creating anything more
+    out.write(b".")
+    out.flush()
     tmp = _b(item["tmp"])
     failure = None
     try:
@@ -129,14 +148,40 @@ def _put_item(item, inp):
     if failure is None and item.get("dst"):
         dst = _b(item["dst"])
         try:
-            os.rename(tmp, dst)
+            _rename_noreplace(tmp, dst)
         except OSError as e:
             failure = _err("rename", e, tmp)
     return failure
 
 
-def op_put(req, inp):
-    return {"results": [_put_item(item, inp) for item in req["items"]]}
+_renameat2 = []
+
+
+def _rename_noreplace(src, dst):
+    """rename(2) would replace an empty directory someone put at ``dst``
+    meanwhile: renameat2(RENAME_NOREPLACE) refuses (EEXIST) instead. Where
+    the kernel or libc lacks it, an lstat just before is the best there is."""
+    if not _renameat2:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            _renameat2.append((ctypes, libc.renameat2))
+        except Exception:
+            _renameat2.append(None)
+    if _renameat2[0] is not None:
+        ctypes, fn = _renameat2[0]
+        if fn(-100, src, -100, dst, 1) == 0:  # AT_FDCWD, RENAME_NOREPLACE
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+    if os.path.lexists(dst):
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+    os.rename(src, dst)
+
+
+def op_put(req, inp, out):
+    return {"results": [_put_item(item, inp, out) for item in req["items"]]}
 
 
 def main():
@@ -153,11 +198,13 @@ def main():
         req = json.loads(line.decode("ascii"))
         op = req.get("op")
         if op == "put":
-            ans = op_put(req, inp)
+            ans = op_put(req, inp, out)
         elif op == "list":
             ans = op_list(req)
         elif op == "ls":
             ans = op_ls(req)
+        elif op == "survey":
+            ans = op_survey(req)
         else:
             ans = {"error": ["request", errno.EINVAL, "unknown request", ""]}
         out.write(json.dumps(ans, separators=(",", ":")).encode("ascii") + b"\n")

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import io
 import logging
+import time
 from typing import BinaryIO, Iterator
 
 import paramiko
@@ -41,6 +42,10 @@ HELPER_MIN = 32
 #: helper, started with the stage, is ahead of a find started now); below,
 #: pipelined SFTP unless the helper is up already
 HELPER_MIN_LISTING = FIND_MIN
+#: a node whose helper failed is not asked again by this process for this
+#: long (a python that hangs before its hello costs connect_timeout once)
+HELPER_RETRY_AFTER = 600.0
+_helper_failed_at: dict[str, float] = {}
 
 
 def _info(a: SFTPAttributes) -> FileInfo:
@@ -191,9 +196,29 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
                     self._helper_failed(e)
         return self.listdir_attr(path)
 
+    def survey(self, parent: str, paths: list[str]) -> tuple[dict[str, FileInfo],
+                                                             dict[str, dict[str, FileInfo] | OSError]]:
+        """The root and the entries a stage needs in ONE request to the
+        node's helper (waited for from HELPER_MIN_LISTING entries on);
+        otherwise as two listings."""
+        names = [p.rsplit("/", 1)[1] for p in paths]
+        if all(p.rsplit("/", 1)[0] == parent for p in paths) and (
+                h := self._node_helper(start=len(paths) >= HELPER_MIN_LISTING)) is not None:
+            with self._op("listdir", parent):
+                try:
+                    root, got = h.survey(parent, names)
+                    return root, {p: got[n] for p, n in zip(paths, names)}
+                except helper.HelperGone as e:
+                    self._helper_failed(e)
+        return super().survey(parent, paths)
+
     # --------------------------------------------------- the node's helper
     def _start_helper(self) -> None:
         conn, h = self._conn, None
+        failed = _helper_failed_at.get(self.host)
+        if failed is not None and time.monotonic() - failed < HELPER_RETRY_AFTER:
+            self._helper = (conn, None)
+            return
         with self._op("exec", "python3"):
             try:
                 h = helper.NodeHelper(conn.client.get_transport(), self.host, self.settings.connect_timeout,
@@ -222,10 +247,12 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             except helper.HelperGone as e:
                 log.debug("%s: no python helper (%s); batches go over SFTP", self.host, e)
                 self._helper = (self._helper[0], None)
+                _helper_failed_at[self.host] = time.monotonic()
                 return None
 
     def _helper_failed(self, e: BaseException) -> None:
         log.warning("%s: python helper failed (%s); using SFTP", self.host, e)
+        _helper_failed_at[self.host] = time.monotonic()
         if self._helper is not None and self._helper[1] is not None:
             self._helper[1].close()
             self._helper = (self._helper[0], None)
