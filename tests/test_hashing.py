@@ -279,101 +279,54 @@ def test_digest_equals_xxh3_128_at_chunk_boundaries(tmp_path, size):
     assert hash_file(p) == xxhash.xxh3_128(data).hexdigest()  # again, with a reused buffer
 
 
-def test_read_buffer_is_page_aligned_and_reused(tmp_path):
+def test_pooled_buffer_is_page_aligned_and_reused():
     import ctypes
     import mmap
 
-    p = make(tmp_path / "f.bin", os.urandom(hashing.CHUNK + 7))
     hashing._pool.clear()
-    seen = []
-
-    class Recording(_Wrapped):
-        def readinto(self, buf):
-            c = (ctypes.c_char * len(buf)).from_buffer(buf)
-            seen.append((id(buf), len(buf), ctypes.addressof(c) % mmap.PAGESIZE))
-            del c
-            return super().readinto(buf)
-
-    opener = lambda path: Recording(open(path, "rb", buffering=0), None)
-    hash_file(p, opener=opener)
-    hash_file(p, opener=opener)
-    assert len(seen) == 6 and len(set(seen)) == 1  # one buffer for both files
-    assert seen[0][1:] == (hashing.CHUNK, 0)  # CHUNK bytes, on a page boundary
+    buf = hashing.borrow_buffer()
+    c = (ctypes.c_char * len(buf)).from_buffer(buf)
+    assert len(buf) == hashing.CHUNK and ctypes.addressof(c) % mmap.PAGESIZE == 0
+    del c
+    hashing.return_buffer(buf)
+    assert hashing.borrow_buffer() is buf  # reused
+    hashing.return_buffer(buf)
     assert len(hashing._pool) == 1
 
 
-def test_buffer_goes_back_to_the_pool_when_hashing_fails(tmp_path):
-    hashing._pool.clear()
-    p = make(tmp_path / "s.npz", b"a" * 100)
-
-    def append():
-        with open(p, "ab") as g:
-            g.write(b"more")
-
-    with pytest.raises(HashError, match="changed while being hashed"):
-        hash_file(p, opener=lambda path: _Wrapped(open(path, "rb", buffering=0), None,
-                                                  on_first_read=append))
-
-    class Failing(_Wrapped):
-        def readinto(self, buf):
-            raise OSError(5, "Input/output error")
-
-    with pytest.raises(HashError, match="Input/output error"):
-        hash_file(p, opener=lambda path: Failing(open(path, "rb", buffering=0), None))
-    assert len(hashing._pool) == 1  # the same buffer both times, returned both times
-
-
-def test_pool_is_bounded_and_threads_never_share_a_buffer(tmp_path):
+def test_pool_is_bounded_and_threads_never_share_a_buffer():
     import threading
 
     hashing._pool.clear()
-    files = []
-    for i in range(8):
-        data = os.urandom(hashing.CHUNK * 2 + i)
-        files.append((make(tmp_path / f"f{i}", data), xxhash.xxh3_128(data).hexdigest()))
-    barrier = threading.Barrier(len(files))
-    in_use, lock, clash, got = set(), threading.Lock(), [], {}
+    n = hashing._POOL_MAX + 4
+    barrier = threading.Barrier(n)
+    held: list = []
+    lock = threading.Lock()
 
-    class Holding(_Wrapped):
-        def readinto(self, buf):
-            with lock:
-                if id(buf) in in_use and self.first:
-                    clash.append(id(buf))
-                in_use.add(id(buf))
-            if self.first:
-                self.first = False
-                barrier.wait(timeout=10)  # all threads hold a buffer at once
-            n = super().readinto(buf)
-            if not n:
-                with lock:
-                    in_use.discard(id(buf))
-            return n
+    def run():
+        buf = hashing.borrow_buffer()
+        with lock:
+            held.append(buf)
+        barrier.wait(timeout=10)  # all threads hold one at once
+        hashing.return_buffer(buf)
 
-    def opener(path):
-        w = Holding(open(path, "rb", buffering=0), None)
-        w.first = True
-        return w
-
-    def run(p):
-        got[p] = hash_file(p, opener=opener)
-
-    threads = [threading.Thread(target=run, args=(p,)) for p, _ in files]
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
-    assert not clash and got == dict(files)
+    assert len({id(b) for b in held}) == n  # never shared
     assert 1 <= len(hashing._pool) <= hashing._POOL_MAX  # the rest were unmapped
+    hashing._pool.clear()
 
 
-def test_without_mmap_a_bytearray_is_used(tmp_path, monkeypatch):
+def test_without_mmap_a_bytearray_is_used(monkeypatch):
     def no_mmap(*a, **k):
         raise OSError(12, "Cannot allocate memory")
 
     hashing._pool.clear()
     monkeypatch.setattr(hashing.mmap, "mmap", no_mmap)
-    data = os.urandom(hashing.CHUNK + 3)
-    p = make(tmp_path / "f.bin", data)
-    assert hash_file(p) == xxhash.xxh3_128(data).hexdigest()
-    assert isinstance(hashing._pool[0], bytearray)
+    buf = hashing.borrow_buffer()
+    assert isinstance(buf, bytearray) and len(buf) == hashing.CHUNK
+    hashing.return_buffer(buf)
     hashing._pool.clear()

@@ -201,19 +201,23 @@ class SFTPWriter(_Pipelined):
             self._buf += mv[:take]
             pos = take
             if len(self._buf) == CHUNK_SIZE:
-                self._send(bytes(self._buf))
-                self._buf.clear()
+                self._send_buffered()
+        # views, not copies: the request is serialised before _send returns
         while n - pos >= CHUNK_SIZE:
-            self._send(bytes(mv[pos:pos + CHUNK_SIZE]))
+            self._send(mv[pos:pos + CHUNK_SIZE])
             pos += CHUNK_SIZE
         if pos < n:
             self._buf += mv[pos:]
         return n
 
+    def _send_buffered(self) -> None:
+        with memoryview(self._buf) as view:
+            self._send(view)
+        self._buf.clear()
+
     def flush(self) -> None:
         if self._buf and not self.closed and self._failed is None:
-            self._send(bytes(self._buf))
-            self._buf.clear()
+            self._send_buffered()
 
     def _call(self, fn):
         try:
@@ -222,7 +226,7 @@ class SFTPWriter(_Pipelined):
             self._failed = self._owner._error(e, "write", self._path)
             raise self._failed from e
 
-    def _send(self, chunk: bytes) -> None:
+    def _send(self, chunk: bytes | memoryview) -> None:
         def go():
             num = self._send_request(CMD_WRITE, self._handle, int64(self._offset), chunk)
             self._pending.append((num, len(chunk), "write"))
