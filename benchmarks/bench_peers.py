@@ -39,9 +39,8 @@ import time
 from prng_cache.bench.datagen import age_files
 from prng_cache.cluster import Node
 from prng_cache.hashing import HashMemo
-from prng_cache.inputs import discover
 from prng_cache.policy import CapacityPolicy, InputsPolicy, NodeOverride, Policy
-from prng_cache.staging import stage_cluster
+from prng_cache.run import plan_run
 from prng_cache.testing.sshcluster import SSHCluster
 
 FILE_BYTES = 10_000
@@ -104,10 +103,13 @@ class Runner:
 
     def stage(self, root: str, paths: list[str], memo: str) -> float:
         policy = Policy(transport=self.transport, capacity=CapacityPolicy(max_percent=100.0),
+                        inputs=InputsPolicy(min_jobs=1, base_dir=self.work),
                         nodes=tuple(NodeOverride(h, mode="cache", cache_root=root) for h in self.hosts))
         t = time.perf_counter()
-        d = discover(jobs_for(paths), InputsPolicy(min_jobs=1), self.work, memo=HashMemo(memo))
-        reps = stage_cluster(self.nodes, lambda n: list(d.bundles.values()), policy)
+        # as `prng-cache stage` does it: nodes connected while the inputs are hashed
+        plan = plan_run(jobs_for(paths), self.nodes, policy, min_jobs=1, memo=HashMemo(memo),
+                        connect_early=self.nodes)
+        reps = plan.stage()
         dt = time.perf_counter() - t
         bad = {h: r.reason for h, r in reps.items() if r.status != "ok"}
         assert not bad, bad

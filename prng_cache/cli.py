@@ -139,7 +139,8 @@ def _warn_inputs(plan: RunPlan, jobs: int) -> None:
 def cmd_stage(args: argparse.Namespace) -> int:
     ctx = Context(args)
     jobs = load_jobs(args.jobs_file)
-    plan = plan_run(jobs, ctx.nodes, ctx.policy, min_jobs=args.min_jobs)
+    # the selected nodes are connected while the inputs are hashed
+    plan = plan_run(jobs, ctx.nodes, ctx.policy, min_jobs=args.min_jobs, connect_early=ctx.selected)
     _warn_inputs(plan, len(jobs))
     progress = _progress(args)
     try:

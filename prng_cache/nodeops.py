@@ -16,6 +16,7 @@ from . import cancel
 from .cluster import Node, fan_out, node_settings, open_transport
 from .errors import NodeError
 from .policy import Policy
+from .prewarm import EarlyConnections
 from .reports import NodeReport
 from .store import NodeStore, ensure_node_error
 
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
-def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R]) -> R | NodeReport:
-    """Open the node, run fn on its store and return fn's result.
+def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R],
+                early: EarlyConnections | None = None) -> R | NodeReport:
+    """Open the node (or take its connection from ``early``), run fn on its
+    store and return fn's result.
 
     A node in direct/off mode is not contacted, and any failure (unreachable,
     unsafe root, connection lost...) is logged and turned into an ``error``
@@ -35,7 +38,8 @@ def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R]) -> R |
         return NodeReport(host=node.hostname, status=settings.mode, cache_root=settings.cache_root,
                           reason=None if policy.enabled else "cache disabled (PRNG_CACHE=0 / USE_RAMDISK=false)")
     try:
-        with open_transport(node, policy) as t, cancel.tracked(t):
+        t = early.take(node) if early is not None else None
+        with (t or open_transport(node, policy)) as t, cancel.tracked(t):
             return fn(NodeStore(t, settings, policy.gc))
     except Exception as exc:  # never let one node take the others down
         if cancel.cancelled():  # aborted by Ctrl-C: not this node's fault

@@ -156,7 +156,8 @@ class PrngCachePlugin:
                    if n.use_ramdisk is None and n.hostname in ramdisk else n for n in cluster]
         # each node holds its own jobs' inputs; a retry elsewhere finds what
         # that node holds (the same copy serves every path of the same bytes)
-        self.plan = plan = plan_run(jobs, cluster, policy, assignments=_by_host(assignments))
+        # the nodes are connected while the inputs are hashed
+        self.plan = plan = plan_run(jobs, cluster, policy, assignments=_by_host(assignments), connect_early=True)
         for path, why in plan.skipped.items():
             log.info("prng-cache: not caching %s: %s", path, why)
         self.missing = plan.missing

@@ -20,6 +20,7 @@ from .jobs import job_args, job_expected_output, job_id, job_payload, payload_va
 from .localstate import CacheIdRecord
 from .model import Bundle
 from .policy import Policy
+from .prewarm import EarlyConnections
 from .reports import NodeReport
 from .rewrite import Plan, alias_target, apply_plan, plan_rewrite, rewrite_args
 from .staging import Progress, no_progress, stage_cluster
@@ -46,6 +47,8 @@ class RunPlan:
     value_plans: dict[str, tuple[tuple[str, str, Plan], ...]] = field(default_factory=dict)
     # job id -> the aliased files its arguments name through a legacy path
     job_aliases: dict[str, frozenset[str]] = field(default_factory=dict)
+    # node connections opened while hashing (plan_run's connect_early)
+    early: EarlyConnections | None = field(default=None, repr=False, compare=False)
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -97,8 +100,13 @@ class RunPlan:
         A node holds each (key, name) once and staging reports it under one
         of the paths that name it: each report is extended to every input
         path the same copy serves (or that is skipped for the same reason)."""
-        reports = stage_cluster(list(self.targets if nodes is None else nodes), self.bundles_for, self.policy,
-                                lease=lease, progress=progress, ids=CacheIdRecord())
+        early, self.early = self.early, None
+        try:
+            reports = stage_cluster(list(self.targets if nodes is None else nodes), self.bundles_for, self.policy,
+                                    lease=lease, progress=progress, ids=CacheIdRecord(), early=early)
+        finally:
+            if early is not None:
+                early.close()
         spread = self.discovery.spread
         for r in reports.values():
             r.staged = spread(r.staged)
@@ -169,21 +177,36 @@ class RunPlan:
 
 def plan_run(jobs: Sequence[Any], nodes: Iterable[Any], policy: Policy, *,
              assignments: Mapping[str, Sequence[Any]] | None = None, min_jobs: int | None = None,
-             memo: HashMemo | None = None) -> RunPlan:
+             memo: HashMemo | None = None, connect_early: Sequence[Any] | bool = False) -> RunPlan:
     """Discover and hash the inputs of ``jobs`` (dicts, the coordinator's
     Job objects, coordinator.py's JobSpecs) and plan every job's rewrite.
     ``nodes`` is the whole cluster (Nodes, dicts or the coordinator's
     NodeConfigs); ``assignments`` (host -> jobs) limits each node to its own
-    jobs' inputs; ``min_jobs`` overrides ``inputs.min_jobs``."""
+    jobs' inputs; ``min_jobs`` overrides ``inputs.min_jobs``.
+    ``connect_early``: the nodes the caller will stage next (True: the
+    plan's targets), connected while the inputs are hashed; only for a
+    caller that stages right after (:meth:`RunPlan.stage` takes them and
+    closes the rest)."""
     cluster = list({n.hostname: n for n in map(as_node, nodes)}.values())
     root = base_dir(policy, cluster)
-    disc = discover(jobs, policy.inputs, root, memo=memo if memo is not None else HashMemo(), min_jobs=min_jobs)
+    early = None
+    if connect_early and policy.enabled:
+        soon = (RunPlan(policy, cluster, root, Discovery(), assignments).targets if connect_early is True
+                else [as_node(n) for n in connect_early])
+        early = EarlyConnections(soon, policy)
+    try:
+        disc = discover(jobs, policy.inputs, root, memo=memo if memo is not None else HashMemo(),
+                        min_jobs=min_jobs)
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
     by_job: dict[str, set[str]] = {}
     for path in disc.bundles:
         for jid in disc.users.get(path, ()):
             by_job.setdefault(jid, set()).add(path)
     plan = RunPlan(policy, cluster, root, disc, assignments,
-                   job_inputs={jid: frozenset(p) for jid, p in by_job.items()})
+                   job_inputs={jid: frozenset(p) for jid, p in by_job.items()}, early=early)
     # what a dispatch may replace: cached inputs, and every legacy alias path
     # (to the RAM copy, or to the node's own aliased path)
     candidates = set(disc.bundles) | set(disc.aliased)

@@ -18,6 +18,7 @@ from .store import LeaseRequest, NodeStore, Published, ensure_node_error
 
 if TYPE_CHECKING:
     from .localstate import CacheIdRecord
+    from .prewarm import EarlyConnections
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,16 @@ def held_inputs(store: NodeStore, bundles: list[Bundle]) -> dict[str, str]:
 
 def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]], policy: Policy, *,
                   lease: LeaseRequest | None = None, progress: Progress = no_progress,
-                  ids: CacheIdRecord | None = None) -> dict[str, NodeReport]:
-    """Stage every node in parallel (bounded by transport.parallel_nodes)."""
+                  ids: CacheIdRecord | None = None,
+                  early: EarlyConnections | None = None) -> dict[str, NodeReport]:
+    """Stage every node in parallel (bounded by transport.parallel_nodes);
+    ``early``: connections opened while the inputs were hashed."""
 
     def one(node: Node) -> NodeReport:
         progress(node.hostname, "start", {})
         t0 = time.monotonic()
-        rep = run_on_node(node, policy, lambda s: stage_node(s, bundles_for(node), lease=lease, progress=progress))
+        rep = run_on_node(node, policy, lambda s: stage_node(s, bundles_for(node), lease=lease, progress=progress),
+                          early)
         rep.seconds = time.monotonic() - t0
         if rep.status == "fallback":
             log.warning("%s: fallback: %s", node.hostname, rep.reason)
