@@ -11,8 +11,9 @@ in one run, interleaved so that the machine's drift hits every tool:
   ``--sizes`` largest other entries, against the same stage in a root that
   holds only those 4.
 
-Every prng-cache stage is measured as the CLI does it: discover + hash
-(memo) + stage, both nodes in parallel. The peers also go to both nodes in
+Every prng-cache stage is measured as the CLI does it (``plan_run`` +
+``RunPlan.stage``): discover + hash (memo), the nodes connected meanwhile,
+then stage, both nodes in parallel. The peers also go to both nodes in
 parallel (one process per node) through the cluster's ssh config. Client
 memory is the peak RSS above the baseline while staging the largest size
 cold (VmHWM reset first).
