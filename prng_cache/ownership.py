@@ -207,6 +207,19 @@ class CacheRoot:
             self.notes.append(note)
         return True
 
+    def check_root(self) -> None:
+        """The root is still what :meth:`ensure_root` accepted: a real
+        directory of ours that only we can write. Re-checked under the lock
+        before the manifest is written: a root swapped for a symlink in the
+        meantime is refused, never written through."""
+        info = self.t.lstat(self.root)
+        if info is None or info.is_symlink or not info.is_dir or info.uid != self._uid or info.perms & 0o022:
+            what = ("gone" if info is None else "a symlink" if info.is_symlink else
+                    "not a directory" if not info.is_dir else f"owned by uid {info.uid}"
+                    if info.uid != self._uid else f"mode {info.perms:04o}")
+            raise UnsafeCacheRootError(self.host, f"cache root {self.root} changed during the stage (now {what}); "
+                                                  f"refusing to use it")
+
     # ------------------------------------------------------------ manifest
     def load(self, *, warn: bool = True, wanted: Callable[[Manifest], list[str]] | None = None) -> Snapshot:
         """Read the manifest and reconcile it with a listing of the root.
@@ -235,6 +248,8 @@ class CacheRoot:
             listing = self.t.listdir_attr(self.root)
         if manifest is None:
             manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn)
+        if self._uid is not None:  # ensure_root ran: what was listed must still be that root
+            self.check_root()
         dropped = []
         for key in list(manifest.entries):
             info = listing.get(key)

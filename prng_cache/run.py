@@ -9,6 +9,8 @@ job's rewrite) once; :meth:`RunPlan.stage` contacts the nodes;
 
 from __future__ import annotations
 
+import weakref
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,6 +209,9 @@ def plan_run(jobs: Sequence[Any], nodes: Iterable[Any], policy: Policy, *,
             by_job.setdefault(jid, set()).add(path)
     plan = RunPlan(policy, cluster, root, disc, assignments,
                    job_inputs={jid: frozenset(p) for jid, p in by_job.items()}, early=early)
+    if early is not None:
+        # a plan dropped without stage(): its connections close with it
+        weakref.finalize(plan, early.close)
     # what a dispatch may replace: cached inputs, and every legacy alias path
     # (to the RAM copy, or to the node's own aliased path)
     candidates = set(disc.bundles) | set(disc.aliased)

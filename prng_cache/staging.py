@@ -122,19 +122,28 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     cap = store.settings.capacity
     usage = store.t.disk_usage(store.root)
     planned: list[tuple[Bundle, Any]] = []
-    extra = 0
+    extra = 0  # content bytes (capacity.max_bytes counts these)
+    # what the file system really spends: tmpfs gives every file and
+    # directory whole pages, and the manifest must still fit afterwards
+    extra_disk = 0
+    entries = len(m.entries)
     for b, entry in missing:
-        need = b.size if entry is None else sum(f.size for f in b.files if f.name not in entry.files)
+        new_files = [f for f in b.files if entry is None or f.name not in entry.files]
+        need = sum(f.size for f in new_files)
+        need_disk = sum(_pages(f.size) for f in new_files) + (PAGE if entry is None else 0)
+        after = usage.used + extra_disk + need_disk + _manifest_room(entries + (entry is None))
         if cap.max_bytes is not None and m.total_bytes + extra + need > cap.max_bytes:
             _skip(rep, bundles, b.key, f"would exceed capacity.max_bytes ({fmt_bytes(cap.max_bytes)}) on {host}")
-        elif usage.used + extra + need > usage.total * cap.max_percent / 100.0:
+        elif after > usage.total * cap.max_percent / 100.0:
             _skip(rep, bundles, b.key, f"would fill {store.root} past capacity.max_percent "
                                       f"({cap.max_percent:g}% of {fmt_bytes(usage.total)}) on {host}")
         else:
             planned.append((b, entry))
             extra += need
-    if usage.total and (usage.used + extra) > usage.total * cap.warn_percent / 100.0:
-        pct = 100.0 * (usage.used + extra) / usage.total
+            extra_disk += need_disk
+            entries += entry is None
+    if usage.total and (usage.used + extra_disk) > usage.total * cap.warn_percent / 100.0:
+        pct = 100.0 * (usage.used + extra_disk) / usage.total
         rep.warnings.append(f"/dev/shm use {pct:.0f}% is above capacity.warn_percent ({cap.warn_percent:g}%)")
 
     published: list[Published] = []
@@ -197,6 +206,22 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         rep.reason = f"{len(rep.skipped)} input(s) not staged: " + "; ".join(
             sorted({r for r in rep.skipped.values()}))
     return rep
+
+
+#: the allocation unit assumed for the cache root's file system (tmpfs: a page)
+PAGE = 4096
+#: manifest bytes per entry, generously (msgpack: ~150)
+MANIFEST_ENTRY = 256
+
+
+def _pages(size: int) -> int:
+    return -(-size // PAGE) * PAGE
+
+
+def _manifest_room(entries: int) -> int:
+    """Room for the new manifest of ``entries`` entries: it is written
+    beside the old one (already in use) before it replaces it."""
+    return _pages(entries * MANIFEST_ENTRY)
 
 
 def _unpublish(store: NodeStore, published: list[Published]) -> int:

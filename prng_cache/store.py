@@ -329,6 +329,7 @@ class NodeStore(CacheRoot):
             return fresh[0]
         try:
             with self.lock():
+                self.check_root()
                 # with the stage's own snapshot: only what it wrote is
                 # looked at again (a warm stage lists nothing)
                 snap = (self.reload({p.bundle.key for p in published}, plan) if plan is not None

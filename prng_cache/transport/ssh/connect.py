@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -139,15 +140,37 @@ class Connector:
         return conn
 
     def _open_sftp(self, client: paramiko.SSHClient, target: SSHTarget) -> paramiko.SFTPClient:
+        """The SFTP session, within the connect timeout: a node that logs in
+        but whose SFTP server never answers (a ForceCommand that hangs, a
+        home on a hung NFS mount) must become this node's error, not a
+        stage (and a coordinator) waiting forever. paramiko's subsystem
+        request has no timeout of its own: a watchdog closes the connection."""
+        stuck = threading.Event()
+
+        def give_up() -> None:
+            stuck.set()
+            client.close()
+
+        watchdog = threading.Timer(self.timeout, give_up)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            sftp = paramiko.SFTPClient.from_transport(
-                client.get_transport(), window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
-            )
+            chan = client.get_transport().open_session(
+                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=self.timeout)
+            chan.settimeout(self.timeout)
+            chan.invoke_subsystem("sftp")
+            sftp = paramiko.SFTPClient(chan)  # the version exchange reads with the timeout above
         except Exception as e:
+            if stuck.is_set() or isinstance(e, socket.timeout):
+                raise TransportError(self.host, f"the SFTP server on {target.address} did not answer within "
+                                                f"{self.timeout:g} s (transport.connect_timeout)") from e
             raise TransportError(self.host, f"cannot open an SFTP session on {target.address}: {e}") from e
-        if sftp is None:
-            raise TransportError(self.host, f"cannot open an SFTP session on {target.address}")
-        sftp.get_channel().settimeout(self.io_timeout)
+        finally:
+            watchdog.cancel()
+        if stuck.is_set():
+            raise TransportError(self.host, f"the SFTP server on {target.address} did not answer within "
+                                            f"{self.timeout:g} s (transport.connect_timeout)")
+        chan.settimeout(self.io_timeout)
         return sftp
 
     # ----------------------------------------------------------- hops
