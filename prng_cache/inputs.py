@@ -16,7 +16,8 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple, TypeVar
 
 from .errors import HashError
-from .hashing import HashMemo, bundle_key, hash_and_stat
+from .hashing import bundle_key, hash_and_stat
+from .memo import HashMemo
 from .jobs import job_args, job_expected_output, job_id, job_payload, payload_values
 from .model import Bundle, BundleFile, is_safe_name
 from .policy import InputsPolicy

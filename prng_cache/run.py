@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cluster import Node, as_node, base_dir
-from .hashing import HashMemo
+from .memo import HashMemo
 from .inputs import Discovery, discover
 from .jobs import job_args, job_expected_output, job_id, job_payload, payload_values
 from .localstate import CacheIdRecord

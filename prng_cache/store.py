@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from . import cancel
 from .errors import HashError, IntegrityError, NodeError
-from .hashing import HashMemo, StreamHasher, borrow_buffer, file_identity, open_regular, return_buffer
+from .hashing import StreamHasher, borrow_buffer, file_identity, open_regular, return_buffer
+from .memo import HashMemo
 from .manifest import Entry, Lease, Manifest
 from .transport.base import DirUpload
 from .model import Bundle, BundleFile

@@ -13,6 +13,7 @@ import pytest
 import xxhash
 
 from prng_cache import hashing
+from prng_cache import memo as memo_module
 from prng_cache.errors import HashError
 from prng_cache.hashing import HashMemo, hash_file
 
@@ -34,7 +35,7 @@ def write_old(path, data):
 
 def warnings_of(caplog):
     return [r.getMessage() for r in caplog.records
-            if r.name == "prng_cache.hashing" and r.levelno >= logging.WARNING]
+            if r.name in ("prng_cache.hashing", "prng_cache.memo") and r.levelno >= logging.WARNING]
 
 
 # ------------------------------------------------------- stale content (1)
@@ -400,5 +401,5 @@ def test_locked_memo_db_is_given_up_after_the_busy_timeout_with_a_warning(tmp_pa
     assert "locked" in memo.degraded
     # the wait is SQLite's busy timeout: about 1 s, not the 10 s it was
     memo = HashMemo(d)
-    assert memo.busy_timeout == hashing.BUSY_TIMEOUT == 1.0
+    assert memo.busy_timeout == memo_module.BUSY_TIMEOUT == 1.0
     assert memo._db.execute("PRAGMA busy_timeout").fetchone()[0] == 1000

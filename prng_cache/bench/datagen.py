@@ -106,7 +106,7 @@ def age_files(paths: list[str], seconds: float = 60.0) -> None:
     trusts them: it refuses files changed in the last couple of seconds."""
     import time
 
-    from ..hashing import RACY_WINDOW
+    from ..memo import RACY_WINDOW
 
     t = time.time() - seconds
     newest = 0

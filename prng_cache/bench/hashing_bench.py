@@ -20,7 +20,8 @@ import time
 from typing import Callable
 
 from .. import hashing
-from ..hashing import CHUNK, HashMemo, hash_file
+from ..hashing import CHUNK, hash_file
+from ..memo import HashMemo
 from . import worker as _worker
 from .datagen import age_files
 

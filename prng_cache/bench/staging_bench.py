@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Callable
 
-from ..hashing import HashMemo
+from ..memo import HashMemo
 from ..inputs import Bundle, discover
 from ..policy import InputsPolicy, Policy
 from ..staging import stage_cluster
