@@ -47,8 +47,6 @@ from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode, is_ke
 
 #: ~100 entries: from here on the root is listed as a large directory
 LARGE_MANIFEST_BYTES = 16 << 10
-#: manifest bytes per entry, roughly (an estimate of the root's size)
-ENTRY_BYTES = 150
 from .policy import GcPolicy, NodeSettings
 from .transport.base import FileInfo, Transport
 
@@ -243,7 +241,7 @@ class CacheRoot:
             listing, by_path = self.t.survey(self.root, [self.path(k) for k in keys])
             entry_listings = {k: by_path[self.path(k)] for k in keys}
         elif data is not None and len(data) > LARGE_MANIFEST_BYTES:
-            listing = self.t.listdir_attr_large(self.root, expect=len(data) // ENTRY_BYTES)
+            listing = self.t.listdir_attr_large(self.root)
         else:
             listing = self.t.listdir_attr(self.root)
         if manifest is None:
@@ -288,7 +286,7 @@ class CacheRoot:
         """lstat of some names in the root (absent: missing). Many are
         cheaper as one listing of the root than one request each."""
         if len(names) > 16:
-            return {n: i for n, i in self.t.listdir_attr_large(self.root, expect=len(names)).items() if n in names}
+            return {n: i for n, i in self.t.listdir_attr_large(self.root).items() if n in names}
         out = {}
         for n in sorted(names):
             info = self.t.lstat(self.path(n))

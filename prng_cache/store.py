@@ -16,11 +16,9 @@ The root's layout, what in it is ours and its cleanup are
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
-import threading
 from dataclasses import dataclass
 
 from . import cancel
@@ -40,37 +38,6 @@ CHUNK = 1 << 20
 SMALL_FILE = 1 << 20
 #: ... at most this many bytes of them at a time (client memory stays bounded)
 BATCH_BYTES = 8 << 20
-
-
-class _RecentReads:
-    """Small inputs read and verified lately, shared by the node workers of
-    a stage (they publish the same bundles in the same order, so the others
-    mostly find what the first one read). Bounded; oldest out first."""
-
-    def __init__(self, limit: int):
-        self._limit = limit
-        self._data: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, src: BundleFile) -> bytes | None:
-        with self._lock:
-            return self._data.get((src.src, src.hash, src.size))
-
-    def put(self, src: BundleFile, data: bytes) -> None:
-        with self._lock:
-            key = (src.src, src.hash, src.size)
-            if key in self._data or len(data) > self._limit:
-                return
-            self._data[key] = data
-            self._size += len(data)
-            while self._size > self._limit:
-                _, old = self._data.popitem(last=False)
-                self._size -= len(old)
-
-
-#: two batch windows: a worker one window behind the first still finds its reads
-_recent = _RecentReads(2 * BATCH_BYTES)
 
 
 @dataclass
@@ -177,19 +144,7 @@ class NodeStore(CacheRoot):
 
     def read_verified(self, src: BundleFile) -> bytes:
         """The whole of a small input, proven to be the bytes that were hashed
-        (same checks as :meth:`upload_file`, before anything is sent).
-
-        Node workers staging the same inputs share what one of them read
-        (:data:`_recent`): bytes that hashed to ``src.hash`` stay those bytes
-        whatever happens to the file later."""
-        got = _recent.get(src)
-        if got is not None:
-            return got
-        data = self._read_verified(src)
-        _recent.put(src, data)
-        return data
-
-    def _read_verified(self, src: BundleFile) -> bytes:
+        (same checks as :meth:`upload_file`, before anything is sent)."""
         try:
             f, before = open_regular(src.src)
         except HashError as exc:

@@ -56,6 +56,19 @@ def _cli_env(tmp_path):
     return env
 
 
+def _record_transports(monkeypatch) -> list:
+    """Every SSHTransport that connects, once each (to check they are closed)."""
+    opened: list = []
+    orig = SSHTransport.connect
+
+    def connect(self):
+        if self not in opened:
+            opened.append(self)
+        return orig(self)
+    monkeypatch.setattr(SSHTransport, "connect", connect)
+    return opened
+
+
 @pytest.mark.parametrize("with_silent", [False, True])
 def test_ctrl_c_during_hashing_while_connecting(cluster, tmp_path, with_silent):
     """SIGINT while hashing, early connections open (one to a node that
@@ -177,14 +190,7 @@ def test_alias_early_connection_closed(cluster, src, tmp_path, monkeypatch):
     its helper session on the node) is closed, nothing stays open."""
     cfg = cluster.write_ssh_config(tmp_path / "alias_cfg", aliases={"rig-a-too": ("rig-a", None)})
     policy = make_policy(cluster, src, ssh_config=str(cfg))
-    opened: list = []
-    orig = SSHTransport.connect
-
-    def connect(self):
-        if self not in opened:
-            opened.append(self)
-        return orig(self)
-    monkeypatch.setattr(SSHTransport, "connect", connect)
+    opened = _record_transports(monkeypatch)
     nodes = [Node("rig-a"), Node("rig-a-too")]
     plan = plan_run(jobs_for(sorted(src.iterdir())), nodes, policy, min_jobs=1, connect_early=True)
     reps = plan.stage(nodes)
@@ -248,14 +254,7 @@ def test_plugin_run_start_twice(cluster, src, monkeypatch):
     from prng_cache.plugin import PrngCachePlugin
 
     policy = make_policy(cluster, src)
-    opened: list = []
-    orig = SSHTransport.connect
-
-    def connect(self):
-        if self not in opened:
-            opened.append(self)
-        return orig(self)
-    monkeypatch.setattr(SSHTransport, "connect", connect)
+    opened = _record_transports(monkeypatch)
     jobs = jobs_for(sorted(src.iterdir()), n=4)
     nodes = [{"hostname": h, "script_path": "/tmp"} for h in ("rig-a", "rig-b")]
     assignments = {"rig-a": jobs[:2], "rig-b": jobs[2:]}

@@ -159,17 +159,16 @@ class Transport(ABC):
         """Hint: batch operations (:meth:`put_dirs`, many listings) follow;
         a transport may get ready for them in the background."""
 
-    def listdir_attr_large(self, path: str, expect: int = 0) -> dict[str, FileInfo]:
-        """:meth:`listdir_attr` of a directory expected to hold many names
-        (about ``expect``); transports override it with a cheaper way to
-        list many."""
+    def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
+        """:meth:`listdir_attr` of a directory expected to hold many names;
+        transports override it with a cheaper way to list many."""
         return self.listdir_attr(path)
 
     def survey(self, parent: str, paths: list[str]) -> tuple[dict[str, FileInfo],
                                                              dict[str, dict[str, FileInfo] | OSError]]:
         """:meth:`listdir_attr_large` of ``parent`` and :meth:`listdirs_attr`
         of ``paths`` (directories in it); transports may do both at once."""
-        return self.listdir_attr_large(parent, expect=len(paths)), self.listdirs_attr(paths) if paths else {}
+        return self.listdir_attr_large(parent), self.listdirs_attr(paths) if paths else {}
 
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """``listdir_attr`` of many directories; a directory that cannot be

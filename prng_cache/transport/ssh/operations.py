@@ -183,7 +183,7 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         with self._op("listdir", path):
             return {a.filename: _info(a) for a in sftp.listdir_attr(path)}
 
-    def listdir_attr_large(self, path: str, expect: int = 0) -> dict[str, FileInfo]:
+    def listdir_attr_large(self, path: str) -> dict[str, FileInfo]:
         """A directory expected to hold many names: one request to the
         node's helper when it is up, else paged over SFTP."""
         # not waited for: SFTP lists 5000 names in ~60 ms, a python starts in ~140
@@ -237,6 +237,8 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             return None
         self._session()
         if self._helper is None or self._helper[0] is not self._conn:
+            if not start:  # not started for this connection (not a stage): SFTP
+                return None
             self._start_helper()
         h = self._helper[1]
         if h is None:
