@@ -5,13 +5,21 @@ manifest does not list is never served (it may be half-published by a killed
 process, or planted). Decoding is strict and never raises to the caller: a
 truncated, garbled or newer-version manifest decodes to ``None`` with a reason,
 and the store starts a fresh one.
+
+Entries are checked when first used, not all at decode (:class:`Entries`): a
+stage that needs 4 entries of a root holding 5000 pays for 4. An entry whose
+record is malformed is treated as absent (never served; its directory is then
+unrecorded, and reclaimed as such); the others stay trusted. Untouched entries
+are written back as they were read.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -19,6 +27,7 @@ import msgpack
 from .model import is_key, is_safe_name
 
 FORMAT_VERSION = 1
+_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
 MANIFEST_NAME = "manifest.msgpack"
 # a manifest larger than this is not ours (entries are ~150 bytes each)
 MAX_MANIFEST_BYTES = 64 << 20
@@ -39,6 +48,111 @@ class Entry:
         return sorted(self.files)
 
 
+class Entries(MutableMapping):
+    """key -> :class:`Entry`, decoded and checked on first access.
+
+    ``raw`` holds records as msgpack decoded them; a record moves to the
+    checked ones when looked up, and is dropped (as if absent) when it does
+    not check. Iterating or ``len`` checks them all (gc, status); lookups,
+    ``in`` and :meth:`count_hint` do not."""
+
+    __slots__ = ("_raw", "_ok", "malformed")
+
+    def __init__(self, raw: dict | None = None):
+        self._raw: dict = raw or {}
+        self._ok: dict[str, Entry] = {}
+        self.malformed: list[str] = []  # keys dropped because their record did not check
+
+    def _take(self, key) -> Entry | None:
+        e = self._ok.get(key)
+        if e is not None or key not in self._raw:
+            return e
+        rec = self._raw.pop(key)
+        try:
+            e = _entry(key, rec)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.malformed.append(key if isinstance(key, str) else repr(key))
+            return None
+        self._ok[key] = e
+        return e
+
+    def _settle(self) -> None:
+        for key in list(self._raw):
+            self._take(key)
+
+    def __getitem__(self, key: str) -> Entry:
+        e = self._take(key)
+        if e is None:
+            raise KeyError(key)
+        return e
+
+    def __contains__(self, key: object) -> bool:
+        return self._take(key) is not None
+
+    def __setitem__(self, key: str, value: Entry) -> None:
+        self._raw.pop(key, None)
+        self._ok[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if self._take(key) is None:
+            raise KeyError(key)
+        del self._ok[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self._settle()
+        return iter(list(self._ok))
+
+    def __len__(self) -> int:
+        self._settle()
+        return len(self._ok)
+
+    def count_hint(self) -> int:
+        """Entries recorded, without checking them (capacity estimates)."""
+        return len(self._ok) + len(self._raw)
+
+    def run_scoped_keys(self) -> list[str]:
+        """Keys of run-scoped entries; only those records are checked."""
+        for key, rec in list(self._raw.items()):
+            if isinstance(rec, dict) and rec.get("run_scoped", False) is not False:
+                self._take(key)
+        return [k for k, e in self._ok.items() if e.run_scoped]
+
+    def records(self) -> dict:
+        """What to encode: checked entries as written by this version, the
+        untouched records exactly as read."""
+        out = dict(self._raw)
+        for k, e in self._ok.items():
+            out[k] = {
+                "size": e.size,
+                "names": e.names,
+                "files": e.files,
+                "added": e.added,
+                "last_used": e.last_used,
+                **({"run_scoped": True} if e.run_scoped else {}),
+            }
+        return out
+
+
+def _entry(key, e) -> Entry:
+    """One record, checked strictly (raises ValueError & co. when malformed)."""
+    if not isinstance(key, str) or not is_key(key):
+        raise ValueError(f"bad entry {key!r}")
+    files = e["files"]
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"bad entry {key!r}")
+    for name, h in files.items():
+        if not is_safe_name(name) or not isinstance(h, str) or not is_key(h):
+            raise ValueError(f"bad file in entry {key}")
+    size = e["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"bad size in entry {key}")
+    scoped = e.get("run_scoped", False)
+    if not isinstance(scoped, bool):
+        raise ValueError(f"bad run_scoped in entry {key}")
+    return Entry(size=size, files=dict(files), added=_time(e["added"], f"time in entry {key}"),
+                 last_used=_time(e["last_used"], f"time in entry {key}"), run_scoped=scoped)
+
+
 @dataclass
 class Lease:
     hashes: set[str]
@@ -50,8 +164,16 @@ class Lease:
 class Manifest:
     cache_id: str
     created: float
-    entries: dict[str, Entry] = field(default_factory=dict)
+    entries: Entries = field(default_factory=Entries)
     leases: dict[str, Lease] = field(default_factory=dict)
+    # the name of the root's ownership token file, recorded so that a stage
+    # of a few entries need not list a large root to learn it (optional:
+    # older versions neither write nor keep it)
+    root_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, Entries):
+            self.entries = Entries(dict(self.entries)) if not self.entries else _checked(self.entries)
 
     @classmethod
     def new(cls) -> "Manifest":
@@ -70,8 +192,11 @@ class Manifest:
 
     def orphaned_run_scoped(self, now: float, keep: set[str] = frozenset()) -> list[str]:
         """Run-scoped entries no live lease holds (their run ended or crashed)."""
+        scoped = self.entries.run_scoped_keys()
+        if not scoped:
+            return []
         leased = self.leased_keys(now)
-        return [k for k, e in self.entries.items() if e.run_scoped and k not in leased and k not in keep]
+        return [k for k in scoped if k not in leased and k not in keep]
 
     def drop_expired_leases(self, now: float) -> list[str]:
         gone = [rid for rid, l in self.leases.items() if l.expires <= now]
@@ -85,23 +210,21 @@ class Manifest:
             "format": FORMAT_VERSION,
             "cache_id": self.cache_id,
             "created": self.created,
-            "entries": {
-                k: {
-                    "size": e.size,
-                    "names": e.names,
-                    "files": e.files,
-                    "added": e.added,
-                    "last_used": e.last_used,
-                    **({"run_scoped": True} if e.run_scoped else {}),
-                }
-                for k, e in self.entries.items()
-            },
+            "entries": self.entries.records(),
             "leases": {
                 rid: {"hashes": sorted(l.hashes), "expires": l.expires, "owner": l.owner}
                 for rid, l in self.leases.items()
             },
+            **({"root_token": self.root_token} if self.root_token else {}),
         }
         return msgpack.packb(doc, use_bin_type=True)
+
+
+def _checked(entries: dict) -> Entries:
+    out = Entries()
+    for k, v in entries.items():
+        out[k] = v
+    return out
 
 
 def _time(v: object, what: str) -> float:
@@ -131,22 +254,12 @@ def decode(data: bytes) -> tuple[Manifest | None, str | None]:
         cache_id = doc["cache_id"]
         if not isinstance(cache_id, str) or not cache_id:
             raise ValueError("bad cache_id")
-        m = Manifest(cache_id=cache_id, created=_time(doc["created"], "created"))
-        for key, e in doc["entries"].items():
-            files = e["files"]
-            if not is_key(key) or not isinstance(files, dict) or not files:
-                raise ValueError(f"bad entry {key!r}")
-            for name, h in files.items():
-                if not is_safe_name(name) or not isinstance(h, str) or not is_key(h):
-                    raise ValueError(f"bad file in entry {key}")
-            size = e["size"]
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ValueError(f"bad size in entry {key}")
-            scoped = e.get("run_scoped", False)
-            if not isinstance(scoped, bool):
-                raise ValueError(f"bad run_scoped in entry {key}")
-            m.entries[key] = Entry(size=size, files=dict(files), added=_time(e["added"], f"time in entry {key}"),
-                                   last_used=_time(e["last_used"], f"time in entry {key}"), run_scoped=scoped)
+        entries = doc["entries"]
+        if not isinstance(entries, dict):
+            raise ValueError("bad entries")
+        token = doc.get("root_token")
+        m = Manifest(cache_id=cache_id, created=_time(doc["created"], "created"), entries=Entries(entries),
+                     root_token=token if isinstance(token, str) and _TOKEN_RE.match(token) else None)
         for rid, l in doc["leases"].items():
             hashes = l["hashes"]
             if not isinstance(rid, str) or not isinstance(hashes, list):

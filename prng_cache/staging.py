@@ -56,10 +56,12 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
             extra_files = tuple(f for f in b.files if f.name not in {x.name for x in g.files})
             groups[b.key] = replace(g, files=g.files + extra_files)
     # the root and the entries this stage needs, listed together
-    snap = store.load(wanted=lambda m: [k for k in groups if k in m.entries])
+    # (of a large root, only those entries are looked at: see CacheRoot.load)
+    snap = store.load(wanted=lambda m: [k for k in groups if k in m.entries], probe=list(groups))
     m = snap.manifest
     if snap.reset_reason:
         rep.warnings.append(f"{snap.reset_reason}: rebuilt")
+    _report_malformed(rep, m)
     # run-scoped copies of a run that crashed (its lease expired): RAM on an
     # 8 GB node is not kept for gc.max_age; what this stage wants again stays
     wanted = {b.key for b in bundles}
@@ -126,7 +128,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     # what the file system really spends: tmpfs gives every file and
     # directory whole pages, and the manifest must still fit afterwards
     extra_disk = 0
-    entries = len(m.entries)
+    entries = m.entries.count_hint()
     for b, entry in missing:
         new_files = [f for f in b.files if entry is None or f.name not in entry.files]
         need = sum(f.size for f in new_files)
@@ -235,6 +237,16 @@ def _unpublish(store: NodeStore, published: list[Published]) -> int:
     except Exception as exc:  # the node may be full or gone: gc reclaims later
         log.warning("%s: could not remove unrecorded uploads now (%s)", store.host, exc)
         return 0
+
+
+def _report_malformed(rep: NodeReport, m) -> None:
+    """Entries whose manifest record did not check: not trusted (dropped
+    from the manifest when it is next written; the directory, if ours, is
+    reclaimed like any unrecorded one)."""
+    if m.entries.malformed:
+        keys = ", ".join(k[:12] for k in m.entries.malformed[:3]) + (" ..." if len(m.entries.malformed) > 3 else "")
+        log.warning("%s: %d manifest record(s) malformed (%s); not trusted", rep.host, len(m.entries.malformed), keys)
+        rep.warnings.append(f"{len(m.entries.malformed)} manifest record(s) malformed ({keys}): not trusted, dropped")
 
 
 def _skip(rep: NodeReport, bundles: list[Bundle], key: str, reason: str) -> None:

@@ -33,6 +33,8 @@ from .ownership import MARKER_PREFIX, CacheRoot, Snapshot
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: an entry's last_used is moved forward only when older than this
+LAST_USED_STEP = 60.0
 #: bundles whose files are all at most this big are published in batches,
 #: read whole into memory (hash-checked before a byte is sent) ...
 SMALL_FILE = 1 << 20
@@ -283,6 +285,15 @@ class NodeStore(CacheRoot):
             if not fresh:
                 fresh.append(self.refresh_tokens() if plan is not None else self.tokens)
             return fresh[0]
+        if plan is not None and not published and lease is None and not plan.dropped:
+            # a warm stage without a lease: when it changes nothing, the
+            # manifest is neither locked nor read again (a gc right after
+            # would find the same, lease-less entries)
+            m = plan.manifest
+            changed = _mark_used(m, used, scoped, now)
+            if (not changed and plan.raw is not None and not plan.reset_reason and not m.entries.malformed
+                    and (not self.tokens or m.root_token == min(self.tokens))):
+                return m, refused
         try:
             with self.lock():
                 self.check_root()
@@ -338,11 +349,7 @@ class NodeStore(CacheRoot):
                             entry.files[f.name] = f.hash
                     entry.size = _entry_size(entry, b)
                 used = used - set(refused)
-                for key in used:
-                    if key in m.entries:
-                        m.entries[key].last_used = now
-                        if key not in scoped:  # needed beyond one run now
-                            m.entries[key].run_scoped = False
+                _mark_used(m, used, scoped, now)
                 m.drop_expired_leases(now)
                 if lease is not None:
                     keys = {k for k in used if k in m.entries}
@@ -350,7 +357,11 @@ class NodeStore(CacheRoot):
                     if old is not None:
                         keys |= old.hashes
                     m.leases[lease.run_id] = Lease(hashes=keys, expires=now + lease.ttl, owner=self.owner)
-                self.write_manifest(m)
+                if self.tokens:
+                    m.root_token = min(self.tokens)
+                # nothing changed (a warm stage without a lease): not rewritten
+                if m.to_bytes() != snap.raw:
+                    self.write_manifest(m)
         finally:
             self.empty_trash(trash)
         return m, refused
@@ -417,6 +428,23 @@ class NodeStore(CacheRoot):
             del m.entries[key]
         self.write_manifest(m)
         return self.bury(keys)
+
+
+def _mark_used(m: Manifest, used: set[str], scoped: set[str], now: float) -> bool:
+    """Mark entries used now; True when that changed any."""
+    changed = False
+    for key in used:
+        if key in m.entries:
+            e = m.entries[key]
+            # to the minute is enough for gc's ages and LRU order; a warm
+            # stage then changes nothing
+            if not 0 <= now - e.last_used < LAST_USED_STEP:
+                e.last_used = now
+                changed = True
+            if key not in scoped and e.run_scoped:  # needed beyond one run now
+                e.run_scoped = False
+                changed = True
+    return changed
 
 
 def _listing_problem(uid: int | None, entry: Entry, listing: dict, names: list[str] | None,

@@ -170,6 +170,11 @@ class Transport(ABC):
         of ``paths`` (directories in it); transports may do both at once."""
         return self.listdir_attr_large(parent), self.listdirs_attr(paths) if paths else {}
 
+    def lstat_many(self, paths: list[str]) -> dict[str, FileInfo | None]:
+        """:meth:`lstat` of many paths; transports override it to overlap
+        the round trips."""
+        return {p: self.lstat(p) for p in paths}
+
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """``listdir_attr`` of many directories; a directory that cannot be
         listed maps to its OSError (a symlink to a directory may be followed

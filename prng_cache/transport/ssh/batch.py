@@ -22,10 +22,12 @@ from typing import Callable, Iterable, Iterator
 
 import paramiko
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_CLOSE,
     CMD_EXTENDED,
     CMD_FSETSTAT,
     CMD_HANDLE,
+    CMD_LSTAT,
     CMD_MKDIR,
     CMD_NAME,
     CMD_OPEN,
@@ -154,6 +156,29 @@ def list_dirs(sftp: paramiko.SFTPClient, paths: list[str]) -> dict[str, object]:
             p.send(CMD_CLOSE, handle, then=lambda t, m: None)
 
         return lambda: p.send(CMD_OPENDIR, path, then=on_open)
+
+    p.run(chain(path) for path in paths)
+    return out
+
+
+def lstats(sftp: paramiko.SFTPClient, paths: list[str]) -> dict[str, object]:
+    """path -> SFTPAttributes, or the raw exception of its LSTAT; all sent
+    at once (one round trip for a few paths)."""
+    p = Pipeline(sftp)
+    out: dict[str, object] = {}
+
+    def chain(path: str) -> Callable[[], None]:
+        def on(t, msg):
+            if t == CMD_ATTRS:
+                out[path] = SFTPAttributes._from_msg(msg)
+                return
+            try:
+                p.status(t, msg)
+                raise paramiko.SFTPError("Expected attributes")
+            except Exception as e:
+                out[path] = e
+
+        return lambda: p.send(CMD_LSTAT, path, then=on)
 
     p.run(chain(path) for path in paths)
     return out

@@ -178,6 +178,26 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             except FileNotFoundError:
                 return None
 
+    def lstat_many(self, paths: list[str]) -> dict[str, FileInfo | None]:
+        """All LSTATs in flight at once; an answer other than "no such
+        file" is asked again alone (its error translated as :meth:`lstat`
+        does)."""
+        if len(paths) < 2:
+            return super().lstat_many(paths)
+        sftp = self._session()
+        with self._op("lstat", paths[0]):
+            raw = batch.lstats(sftp, paths)
+        out: dict[str, FileInfo | None] = {}
+        for path in paths:
+            r = raw.get(path)
+            if isinstance(r, FileNotFoundError):
+                out[path] = None
+            elif r is None or isinstance(r, BaseException):
+                out[path] = self.lstat(path)
+            else:
+                out[path] = _info(r)
+        return out
+
     def listdir_attr(self, path: str) -> dict[str, FileInfo]:
         sftp = self._session()
         with self._op("listdir", path):
