@@ -136,6 +136,22 @@ def test_lstat_missing_file_dir_symlink(c: Case):
     assert c.t.lstat(c.p("dangling")).is_symlink
 
 
+def test_lstat_many_matches_lstat(c: Case):
+    c.sh(f"cd {q(c.base)} && printf abc > f && mkdir d && ln -s f l && ln -s nowhere dangling && touch 'sp ace'")
+    paths = [c.p(n) for n in ("f", "d", "l", "dangling", "sp ace", "missing")] + [c.p("f", "below-a-file"),
+                                                                               c.p("missing", "deeper")]
+    got = c.t.lstat_many(paths)
+    assert set(got) == set(paths)
+    for p in paths:  # the same answer, path by path, as one lstat each
+        one = c.t.lstat(p)
+        assert (got[p] is None) == (one is None), p
+        if one is not None:
+            assert (got[p].is_file, got[p].is_dir, got[p].is_symlink, got[p].size, got[p].uid) == (
+                one.is_file, one.is_dir, one.is_symlink, one.size, one.uid), p
+    assert got[c.p("l")].is_symlink and got[c.p("d")].is_dir and got[c.p("missing")] is None
+    assert c.t.lstat_many([]) == {}
+
+
 def test_listdir_attr(c: Case):
     assert c.t.listdir_attr(c.base) == {}
     c.sh(f"cd {q(c.base)} && printf 12345 > a && mkdir b && ln -s /etc c && touch 'sp ace'")
