@@ -230,14 +230,15 @@ class CacheRoot:
 
     # ------------------------------------------------------------ manifest
     def load(self, *, warn: bool = True, wanted: Callable[[Manifest], list[str]] | None = None,
-             probe: list[str] | None = None) -> Snapshot:
+             probe: list[str] | Callable[[Manifest], list[str]] | None = None) -> Snapshot:
         """Read the manifest and reconcile it with a listing of the root.
 
         warn=False for the re-reads under the lock: a fresh root has
         directories (just published) before it has a manifest. ``wanted``:
         the entries (keys) of the manifest whose directories to list along
         with the root (``entry_listings``; one request where the transport
-        can). ``probe``: every key the caller will look at (a stage's keys);
+        can). ``probe``: every key the caller will look at (a stage's keys,
+        or a function of the manifest giving them);
         when they are few against a large manifest, only they (and the root's
         token file) are looked at, not the whole root: the snapshot is then
         ``partial`` (its ``listing`` holds only those names)."""
@@ -250,7 +251,7 @@ class CacheRoot:
         if wanted is not None and data is not None:
             manifest, reset = self._manifest_of(data, reset, False, warn)
             if reset is None and probe is not None:
-                snap = self._load_partial(manifest, data, wanted, probe)
+                snap = self._load_partial(manifest, data, wanted, probe(manifest) if callable(probe) else probe)
                 if snap is not None:
                     return snap
         keys = wanted(manifest) if manifest is not None else []

@@ -393,7 +393,10 @@ class NodeStore(CacheRoot):
         graves: list[str] = []
         try:
             with self.lock():
-                m = self.load(warn=False).manifest
+                # of a large root, only the run's entries are looked at
+                m = self.load(warn=False, wanted=lambda m: [], probe=lambda m: sorted(
+                    set(m.leases[run_id].hashes if run_id in m.leases else ()) | set(m.entries.run_scoped_keys())
+                )).manifest
                 lease = m.leases.pop(run_id, None)
                 if lease is not None:
                     for key in lease.hashes:

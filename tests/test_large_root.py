@@ -215,3 +215,14 @@ def test_over_ssh_a_few_inputs_of_a_large_root(cluster, src, monkeypatch):
         assert node_bytes(node, rep.staged[b.path]) == open(b.path, "rb").read()
     m = assert_consistent(node)
     assert len(m.entries) == N and m.leases["run-ssh"].hashes == {b.key for b in bs[:3]}
+
+
+def test_release_in_a_large_root_looks_only_at_the_runs_entries(big, shm_root):
+    d, four = big
+    rep, _ = _stage_four(shm_root, d, four, lease=LeaseRequest("run-2", 3600))
+    assert rep.status == "ok"
+    t = Recording("local-test")
+    assert _store(shm_root, t).release("run-2") is True
+    assert shm_root not in t.listed
+    m = read_manifest(shm_root)
+    assert "run-2" not in m.leases and len(m.entries) == N + 4
