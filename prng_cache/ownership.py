@@ -291,7 +291,7 @@ class CacheRoot:
         names = sorted(set(probe)) + [token_name]
         infos = self.t.lstat_many([self.path(n) for n in names])
         tok = infos.get(self.path(token_name))
-        if tok is None or not tok.is_file or tok.uid != self._uid:
+        if tok is None or not tok.is_file or tok.uid != (self.t.uid() if self._uid is None else self._uid):
             return None
         listing = {n: infos[self.path(n)] for n in names if infos.get(self.path(n)) is not None}
         # listed like the full load does: only real directories (a symlink
