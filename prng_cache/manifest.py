@@ -11,6 +11,17 @@ stage that needs 4 entries of a root holding 5000 pays for 4. An entry whose
 record is malformed is treated as absent (never served; its directory is then
 unrecorded, and reclaimed as such); the others stay trusted. Untouched entries
 are written back as they were read.
+
+A large manifest is sharded (format 2): ``manifest.msgpack`` keeps the header
+(cache id, leases, the root's token, counts, the run-scoped keys) and the
+records live in ``n`` files of the directory ``.manifest-<gen>`` (records of
+key ``k`` in file ``Shards.index(k)``; ``<gen>`` carries the root's token, so
+a directory of another generation is provably ours to remove). A stage reads the header and the shards of
+the keys it needs, and writes only the shards it changed, then the header
+(every write bumps its ``serial``, so an unchanged header means nothing
+changed). A new ``gen`` (conversion, resharding, reset) is a new directory:
+shards of another generation are never read. A small manifest stays one file
+in format 1, which older versions read.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -27,7 +38,18 @@ import msgpack
 from .model import is_key, is_safe_name
 
 FORMAT_VERSION = 1
+SHARDED_FORMAT = 2
+SHARD_DIR_PREFIX = ".manifest-"
+#: sharded from this many entries on, one file again below half of it
+SHARD_MIN = 512
+#: records per shard aimed at (a stage reads one shard per key it needs)
+SHARD_FILL = 32
+MAX_SHARDS = 4096
+#: a shard larger than this is not ours
+MAX_SHARD_BYTES = 16 << 20
 _TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+# a shard generation: the root's token (ownership, as temporaries carry it) and a random part
+GEN_RE = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{8}$")
 MANIFEST_NAME = "manifest.msgpack"
 # a manifest larger than this is not ours (entries are ~150 bytes each)
 MAX_MANIFEST_BYTES = 64 << 20
@@ -48,25 +70,108 @@ class Entry:
         return sorted(self.files)
 
 
+class Shards:
+    """Where a sharded manifest's records are: ``n`` files in the directory
+    ``.manifest-<gen>``; ``load`` reads some of them (I/O, supplied by the
+    cache root: shard -> bytes, None when absent, or the OSError of reading
+    it)."""
+
+    def __init__(self, gen: str, n: int, count: int, nbytes: int, scoped: list[str],
+                 load: Callable[[list[int]], dict[int, "bytes | None | OSError"]] | None):
+        self.gen, self.n = gen, n
+        self.count, self.nbytes = count, nbytes  # as the header recorded them
+        self.scoped = set(scoped)
+        self.load = load
+        self.read: dict[int, bytes | None] = {}  # shard -> bytes as read (None: absent)
+        self.read_stats: dict[int, tuple[int, int, set[str]]] = {}  # records, bytes, run-scoped keys
+        self.bad: list[int] = []  # unreadable or garbled: its records are not trusted
+
+    @property
+    def dirname(self) -> str:
+        return SHARD_DIR_PREFIX + self.gen
+
+    def index(self, key: str) -> int:
+        return int(key[:4], 16) % self.n
+
+    @staticmethod
+    def filename(i: int) -> str:
+        return f"{i:04x}.msgpack"
+
+
 class Entries(MutableMapping):
     """key -> :class:`Entry`, decoded and checked on first access.
 
     ``raw`` holds records as msgpack decoded them; a record moves to the
     checked ones when looked up, and is dropped (as if absent) when it does
     not check. Iterating or ``len`` checks them all (gc, status); lookups,
-    ``in`` and :meth:`count_hint` do not."""
+    ``in`` and :meth:`count_hint` do not. Sharded: a key's shard is read
+    when the key is first looked at (:meth:`prefetch` reads many at once);
+    only read shards are ever written."""
 
-    __slots__ = ("_raw", "_ok", "malformed")
+    __slots__ = ("_raw", "_ok", "malformed", "shards")
 
-    def __init__(self, raw: dict | None = None):
+    def __init__(self, raw: dict | None = None, shards: Shards | None = None):
         self._raw: dict = raw or {}
         self._ok: dict[str, Entry] = {}
         self.malformed: list[str] = []  # keys dropped because their record did not check
+        self.shards = shards
 
+    # ------------------------------------------------------------ shards
+    def prefetch(self, keys) -> None:
+        """Read the shards of ``keys`` not read yet, in one batch."""
+        sh = self.shards
+        if sh is None:
+            return
+        want = sorted({sh.index(k) for k in keys if isinstance(k, str) and is_key(k)} - set(sh.read))
+        if not want:
+            return
+        got = sh.load(want) if sh.load is not None else {}
+        for i in want:
+            self._add_shard(i, got.get(i))
+
+    def _add_shard(self, i: int, data) -> None:
+        sh = self.shards
+        sh.read[i] = data if isinstance(data, bytes) else None
+        records: dict = {}
+        if isinstance(data, bytes):
+            try:
+                doc = msgpack.unpackb(data, raw=False, strict_map_key=True) if len(data) <= MAX_SHARD_BYTES else None
+                records = doc.get("entries") if isinstance(doc, dict) else None
+                if not isinstance(records, dict) or doc.get("gen") != sh.gen or doc.get("shard") != i:
+                    raise ValueError("not this shard")
+            except Exception:  # msgpack raises several unrelated types
+                sh.bad.append(i)
+                records = {}
+        elif isinstance(data, OSError):
+            sh.bad.append(i)
+        n = size = 0
+        scoped: set[str] = set()
+        for k, rec in records.items():
+            if not isinstance(k, str) or not is_key(k) or sh.index(k) != i:
+                self.malformed.append(k if isinstance(k, str) else repr(k))
+                continue
+            n += 1
+            if isinstance(rec, dict):
+                size += rec.get("size") if isinstance(rec.get("size"), int) else 0
+                if rec.get("run_scoped") is True:
+                    scoped.add(k)
+            if k not in self._ok:
+                self._raw.setdefault(k, rec)
+        sh.read_stats[i] = (n, size, scoped)
+
+    def _load_all(self) -> None:
+        if self.shards is not None:
+            self.prefetch(f"{i:04x}" + "0" * 28 for i in range(self.shards.n))
+
+    # ------------------------------------------------------------ mapping
     def _take(self, key) -> Entry | None:
         e = self._ok.get(key)
-        if e is not None or key not in self._raw:
+        if e is not None:
             return e
+        if self.shards is not None and isinstance(key, str) and is_key(key):
+            self.prefetch([key])
+        if key not in self._raw:
+            return None
         rec = self._raw.pop(key)
         try:
             e = _entry(key, rec)
@@ -77,6 +182,7 @@ class Entries(MutableMapping):
         return e
 
     def _settle(self) -> None:
+        self._load_all()
         for key in list(self._raw):
             self._take(key)
 
@@ -90,6 +196,7 @@ class Entries(MutableMapping):
         return self._take(key) is not None
 
     def __setitem__(self, key: str, value: Entry) -> None:
+        self.prefetch([key])  # its shard is rewritten whole: read it first
         self._raw.pop(key, None)
         self._ok[key] = value
 
@@ -108,28 +215,81 @@ class Entries(MutableMapping):
 
     def count_hint(self) -> int:
         """Entries recorded, without checking them (capacity estimates)."""
-        return len(self._ok) + len(self._raw)
+        if self.shards is None:
+            return len(self._ok) + len(self._raw)
+        sh = self.shards  # the records in memory are those of the shards read
+        return max(0, sh.count - sum(st[0] for st in sh.read_stats.values()) + len(self._ok) + len(self._raw))
 
     def run_scoped_keys(self) -> list[str]:
         """Keys of run-scoped entries; only those records are checked."""
+        if self.shards is not None:
+            self.prefetch(self.shards.scoped)
         for key, rec in list(self._raw.items()):
             if isinstance(rec, dict) and rec.get("run_scoped", False) is not False:
                 self._take(key)
         return [k for k, e in self._ok.items() if e.run_scoped]
 
+    # ------------------------------------------------------------ encoding
+    @staticmethod
+    def _record(e: Entry) -> dict:
+        return {"size": e.size, "names": e.names, "files": e.files, "added": e.added,
+                "last_used": e.last_used, **({"run_scoped": True} if e.run_scoped else {})}
+
     def records(self) -> dict:
         """What to encode: checked entries as written by this version, the
-        untouched records exactly as read."""
+        untouched records exactly as read (sharded: every shard read first)."""
+        self._load_all()
         out = dict(self._raw)
         for k, e in self._ok.items():
-            out[k] = {
-                "size": e.size,
-                "names": e.names,
-                "files": e.files,
-                "added": e.added,
-                "last_used": e.last_used,
-                **({"run_scoped": True} if e.run_scoped else {}),
-            }
+            out[k] = self._record(e)
+        return out
+
+    def _by_shard(self) -> dict[int, dict]:
+        """The records in memory (those of the shards read), by shard."""
+        sh = self.shards
+        out: dict[int, dict] = {}
+        for k, r in self._raw.items():
+            if isinstance(k, str) and is_key(k):
+                out.setdefault(sh.index(k), {})[k] = r
+        for k, e in self._ok.items():
+            out.setdefault(sh.index(k), {})[k] = self._record(e)
+        return out
+
+    def reshard(self, gen: str, n: int) -> None:
+        """Records to a new generation of ``n`` shards (all read first: every
+        shard of the new generation is then written)."""
+        self._load_all()
+        old = self.shards
+        self.shards = Shards(gen, n, 0, 0, [], None)
+        self.shards.read = {i: None for i in range(n)}
+        self.shards.read_stats = {i: (0, 0, set()) for i in range(n)}
+        if old is not None:
+            self.malformed.extend(k for k in list(self._raw) if not is_key(k))
+
+    def unshard(self) -> None:
+        self._load_all()
+        self.shards = None
+
+    def changed_shards(self) -> dict[int, bytes]:
+        """Encoded shards that differ from what was read (to write), and the
+        header's counts brought up to date with them."""
+        sh = self.shards
+        out: dict[int, bytes] = {}
+        now = self._by_shard()
+        for i in sorted(sh.read):
+            recs = now.get(i, {})
+            data = msgpack.packb({"gen": sh.gen, "shard": i, "entries": recs}, use_bin_type=True)
+            if recs or sh.read[i] is not None:
+                if data != sh.read[i]:
+                    out[i] = data
+            n0, b0, s0 = sh.read_stats[i]
+            scoped = {k for k, r in recs.items() if isinstance(r, dict) and r.get("run_scoped") is True}
+            size = sum(r["size"] for r in recs.values() if isinstance(r, dict) and isinstance(r.get("size"), int))
+            sh.count += len(recs) - n0
+            sh.nbytes += size - b0
+            sh.scoped = (sh.scoped - s0) | scoped
+            sh.read[i] = data if (recs or sh.read[i] is not None) else None
+            sh.read_stats[i] = (len(recs), size, scoped)
         return out
 
 
@@ -170,6 +330,11 @@ class Manifest:
     # of a few entries need not list a large root to learn it (optional:
     # older versions neither write nor keep it)
     root_token: str | None = None
+    # bumped by every write of a sharded manifest (an unchanged header then
+    # means nothing changed)
+    serial: int = 0
+    # the header's bytes as read (None: a new manifest); not part of equality
+    origin: bytes | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.entries, Entries):
@@ -181,6 +346,12 @@ class Manifest:
 
     @property
     def total_bytes(self) -> int:
+        sh = self.entries.shards
+        if sh is not None:  # the header's count, brought up to date with the shards read
+            return max(0, sh.nbytes - sum(st[1] for st in sh.read_stats.values())
+                       + sum(e.size for e in self.entries._ok.values())
+                       + sum(r["size"] for r in self.entries._raw.values()
+                             if isinstance(r, dict) and isinstance(r.get("size"), int)))
         return sum(e.size for e in self.entries.values())
 
     def leased_keys(self, now: float) -> set[str]:
@@ -205,18 +376,28 @@ class Manifest:
         return gone
 
     # ------------------------------------------------------------ encoding
-    def to_bytes(self) -> bytes:
-        doc = {
-            "format": FORMAT_VERSION,
+    def _top(self) -> dict:
+        return {
             "cache_id": self.cache_id,
             "created": self.created,
-            "entries": self.entries.records(),
             "leases": {
                 rid: {"hashes": sorted(l.hashes), "expires": l.expires, "owner": l.owner}
                 for rid, l in self.leases.items()
             },
             **({"root_token": self.root_token} if self.root_token else {}),
         }
+
+    def to_bytes(self) -> bytes:
+        """The whole manifest as one file (format 1; every shard read first)."""
+        doc = {"format": FORMAT_VERSION, **self._top(), "entries": self.entries.records()}
+        return msgpack.packb(doc, use_bin_type=True)
+
+    def header_bytes(self) -> bytes:
+        """The header of a sharded manifest (format 2), as it stands."""
+        sh = self.entries.shards
+        doc = {"format": SHARDED_FORMAT, **self._top(), "serial": self.serial,
+               "shards": {"gen": sh.gen, "n": sh.n, "count": sh.count, "bytes": sh.nbytes,
+                          "scoped": sorted(sh.scoped)}}
         return msgpack.packb(doc, use_bin_type=True)
 
 
@@ -225,6 +406,35 @@ def _checked(entries: dict) -> Entries:
     for k, v in entries.items():
         out[k] = v
     return out
+
+
+def _shards(doc, load_shards) -> Shards:
+    gen, n, count, nbytes, scoped = doc["gen"], doc["n"], doc["count"], doc["bytes"], doc["scoped"]
+    if not isinstance(gen, str) or not GEN_RE.match(gen):
+        raise ValueError("bad shard generation")
+    for v in (n, count, nbytes):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError("bad shard counts")
+    if not 1 <= n <= MAX_SHARDS or not isinstance(scoped, list):
+        raise ValueError("bad shards")
+    return Shards(gen, n, count, nbytes, [k for k in scoped if isinstance(k, str) and is_key(k)],
+                  load_shards(gen) if load_shards is not None else None)
+
+
+def shard_target(count: int, current: int) -> int:
+    """How many shards a manifest of ``count`` entries should have (0: one
+    file), given it has ``current`` (hysteresis: resharded only when 4x off)."""
+    if current == 0:
+        if count < SHARD_MIN:
+            return 0
+    elif count < SHARD_MIN // 2:
+        return 0
+    elif current * SHARD_FILL // 4 <= count <= current * SHARD_FILL * 4:
+        return current
+    n = 1
+    while n * SHARD_FILL < count and n < MAX_SHARDS:
+        n *= 2
+    return n
 
 
 def _time(v: object, what: str) -> float:
@@ -236,9 +446,11 @@ def _time(v: object, what: str) -> float:
     return float(v)
 
 
-def decode(data: bytes) -> tuple[Manifest | None, str | None]:
+def decode(data: bytes, load_shards: Callable[[str], Callable] | None = None) -> tuple[Manifest | None, str | None]:
     """Parse manifest bytes. Returns (manifest, None) or (None, reason);
-    never raises, whatever the bytes."""
+    never raises, whatever the bytes. ``load_shards(gen)``: the reader of a
+    sharded manifest's shards (see :class:`Shards`); without it a sharded
+    manifest records no entries."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -249,17 +461,26 @@ def decode(data: bytes) -> tuple[Manifest | None, str | None]:
         version = doc.get("format")
         if not isinstance(version, int) or isinstance(version, bool):
             raise ValueError("no format version")
-        if version > FORMAT_VERSION:
-            return None, f"manifest format {version} is newer than this prng-cache ({FORMAT_VERSION})"
+        if version > SHARDED_FORMAT:
+            return None, f"manifest format {version} is newer than this prng-cache ({SHARDED_FORMAT})"
         cache_id = doc["cache_id"]
         if not isinstance(cache_id, str) or not cache_id:
             raise ValueError("bad cache_id")
-        entries = doc["entries"]
-        if not isinstance(entries, dict):
-            raise ValueError("bad entries")
+        serial = 0
+        if version == SHARDED_FORMAT:
+            shards = _shards(doc["shards"], load_shards)
+            serial = doc["serial"]
+            if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+                raise ValueError("bad serial")
+            entries = Entries(shards=shards)
+        else:
+            if not isinstance(doc["entries"], dict):
+                raise ValueError("bad entries")
+            entries = Entries(doc["entries"])
         token = doc.get("root_token")
-        m = Manifest(cache_id=cache_id, created=_time(doc["created"], "created"), entries=Entries(entries),
-                     root_token=token if isinstance(token, str) and _TOKEN_RE.match(token) else None)
+        m = Manifest(cache_id=cache_id, created=_time(doc["created"], "created"), entries=entries,
+                     root_token=token if isinstance(token, str) and _TOKEN_RE.match(token) else None,
+                     serial=serial, origin=data)
         for rid, l in doc["leases"].items():
             hashes = l["hashes"]
             if not isinstance(rid, str) or not isinstance(hashes, list):
@@ -273,3 +494,16 @@ def decode(data: bytes) -> tuple[Manifest | None, str | None]:
         return m, None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return None, f"manifest malformed ({exc})"
+
+
+def decode_files(read: Callable[[str], "bytes | None"]) -> tuple[Manifest | None, str | None]:
+    """:func:`decode` of a root's manifest, its shards included, from
+    ``read(name relative to the root)`` (None: no such file); for tools and
+    tests that look at a root directly."""
+    data = read(MANIFEST_NAME)
+    if data is None:
+        return None, "manifest missing"
+
+    def shards_of(gen: str):
+        return lambda idxs: {i: read(f"{SHARD_DIR_PREFIX}{gen}/{Shards.filename(i)}") for i in idxs}
+    return decode(data, shards_of)

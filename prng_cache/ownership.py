@@ -43,7 +43,8 @@ from typing import Callable, ContextManager
 
 from .errors import UnsafeCacheRootError
 from .locking import BREAKER_NAME, LOCK_NAME, ManifestLock
-from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode, is_key
+from .manifest import (MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SHARD_BYTES, SHARD_DIR_PREFIX, Manifest, Shards,
+                       decode, is_key, shard_target)
 from .policy import GcPolicy, NodeSettings
 from .transport.base import FileInfo, Transport
 
@@ -117,15 +118,23 @@ class Snapshot:
         return [n for n, i in self.listing.items() if is_key(n) and n not in self.manifest.entries]
 
     @property
+    def shard_dir(self) -> str | None:
+        """The directory of the manifest's shards (None: one file)."""
+        sh = self.manifest.entries.shards
+        return sh.dirname if sh is not None else None
+
+    @property
     def leftovers(self) -> list[str]:
-        """Temporaries and trash carrying this root's token: ours by name."""
-        prefixes = tuple(p + t + "-" for t in self.tokens for p in (TMP_PREFIX, TRASH_PREFIX))
-        return [n for n in self.listing if prefixes and n.startswith(prefixes)]
+        """Temporaries, trash and shards of other manifest generations
+        carrying this root's token: ours by name."""
+        prefixes = tuple(p + t + "-" for t in self.tokens for p in (TMP_PREFIX, TRASH_PREFIX, SHARD_DIR_PREFIX))
+        current = self.shard_dir
+        return [n for n in self.listing if prefixes and n.startswith(prefixes) and n != current]
 
     def is_own_name(self, name: str) -> bool:
         """Items of ours recognisable by name alone."""
         return (name in (MANIFEST_NAME, LOCK_NAME) or name in self.manifest.entries
-                or name.startswith(ROOT_TOKEN_PREFIX) or name in self.leftovers)
+                or name.startswith(ROOT_TOKEN_PREFIX) or name == self.shard_dir or name in self.leftovers)
 
 
 def root_tokens(listing: dict[str, FileInfo]) -> set[str]:
@@ -251,7 +260,9 @@ class CacheRoot:
         if wanted is not None and data is not None:
             manifest, reset = self._manifest_of(data, reset, False, warn)
             if reset is None and probe is not None:
-                snap = self._load_partial(manifest, data, wanted, probe(manifest) if callable(probe) else probe)
+                probe = probe(manifest) if callable(probe) else probe
+                manifest.entries.prefetch(probe)  # their shards, in one batch
+                snap = self._load_partial(manifest, data, wanted, probe)
                 if snap is not None:
                     return snap
         keys = wanted(manifest) if manifest is not None else []
@@ -361,7 +372,7 @@ class CacheRoot:
             if len(data) > MAX_MANIFEST_BYTES:
                 reset = "manifest larger than any prng-cache writes"
             else:
-                manifest, reset = decode(data)
+                manifest, reset = decode(data, self._shard_reader)
         elif reset is None and keys_listed:
             reset = "manifest missing"
         if manifest is None:
@@ -371,15 +382,67 @@ class CacheRoot:
             manifest = Manifest.new()
         return manifest, reset
 
-    def write_manifest(self, m: Manifest) -> None:
-        """Atomic replace: a reader sees the old or the new manifest, never half."""
+    def _shard_reader(self, gen: str):
+        """Reads shards of generation ``gen`` (for :class:`~prng_cache.manifest.Shards`)."""
+        folder = self.path(SHARD_DIR_PREFIX + gen)
+
+        def read(indices: list[int]) -> dict:
+            paths = {i: f"{folder}/{Shards.filename(i)}" for i in indices}
+            got = self.t.read_many(list(paths.values()), MAX_SHARD_BYTES + 1)
+            return {i: got[p] for i, p in paths.items()}
+        return read
+
+    def write_manifest(self, m: Manifest) -> bool:
+        """Write what changed, atomically per file: a reader sees the old or
+        the new version of each, never half. Call under the lock. A sharded
+        manifest: the shards that changed, then the header (its serial
+        bumped); a new generation of shards goes to a new directory, the old
+        one is removed after the header no longer names it. False when
+        nothing changed (nothing written)."""
         if self.tokens:  # lets a small stage find the token without listing the root
             m.root_token = min(self.tokens)
+        sh = m.entries.shards
+        old_dir = sh.dirname if sh is not None else None
+        target = shard_target(m.entries.count_hint(), sh.n if sh is not None else 0)
+        if target == 0:
+            if sh is not None:
+                m.entries.unshard()
+            data = m.to_bytes()
+            if data == m.origin:
+                return False
+            self._replace(MANIFEST_NAME, data)
+        else:
+            if sh is None or target != sh.n or not sh.gen.startswith(self.token + "-"):
+                m.entries.reshard(f"{self.token}-{secrets.token_hex(4)}", target)
+                self.t.mkdir(self.path(m.entries.shards.dirname), 0o700)
+            changed = m.entries.changed_shards()
+            if not changed and m.header_bytes() == m.origin:
+                return False
+            folder = m.entries.shards.dirname
+            for i, data in changed.items():
+                self._replace(f"{folder}/{Shards.filename(i)}", data)
+            m.serial += 1
+            data = m.header_bytes()
+            self._replace(MANIFEST_NAME, data)
+        m.origin = data
+        if old_dir is not None and old_dir != self.shard_dir_of(m):
+            # no longer named by the header: a reader still using the old
+            # header finds its shards gone, and trusts nothing of them
+            self.empty_trash([g for g in [self._to_trash(old_dir)] if g is not None])
+        return True
+
+    @staticmethod
+    def shard_dir_of(m: Manifest) -> str | None:
+        sh = m.entries.shards
+        return sh.dirname if sh is not None else None
+
+    def _replace(self, name: str, data: bytes) -> None:
+        """``name`` (relative to the root) replaced by ``data``: temp + rename."""
         tmp = self.path(self.tmp_name("manifest"))
         try:
             with self.t.open_write(tmp, 0o600) as f:
-                f.write(m.to_bytes())
-            self.t.rename(tmp, self.path(MANIFEST_NAME))
+                f.write(data)
+            self.t.rename(tmp, self.path(name))
         except BaseException:
             with contextlib.suppress(Exception):
                 self.t.unlink(tmp)
@@ -428,6 +491,8 @@ class CacheRoot:
         leftovers = set(snap.leftovers)
         for name, info in sorted(snap.listing.items()):
             if name == MANIFEST_NAME or name in snap.manifest.entries:
+                continue
+            if name == snap.shard_dir and info.is_dir and not info.is_symlink:
                 continue
             if name in (LOCK_NAME, BREAKER_NAME) and info.is_dir and not info.is_symlink:
                 continue

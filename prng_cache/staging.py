@@ -243,6 +243,10 @@ def _report_malformed(rep: NodeReport, m) -> None:
     """Entries whose manifest record did not check: not trusted (dropped
     from the manifest when it is next written; the directory, if ours, is
     reclaimed like any unrecorded one)."""
+    sh = m.entries.shards
+    if sh is not None and sh.bad:
+        log.warning("%s: %d manifest shard(s) unreadable; their records are not trusted", rep.host, len(sh.bad))
+        rep.warnings.append(f"{len(sh.bad)} manifest shard(s) unreadable or garbled: their records not trusted")
     if m.entries.malformed:
         keys = ", ".join(k[:12] for k in m.entries.malformed[:3]) + (" ..." if len(m.entries.malformed) > 3 else "")
         log.warning("%s: %d manifest record(s) malformed (%s); not trusted", rep.host, len(m.entries.malformed), keys)

@@ -292,6 +292,7 @@ class NodeStore(CacheRoot):
             m = plan.manifest
             changed = _mark_used(m, used, scoped, now)
             if (not changed and plan.raw is not None and not plan.reset_reason and not m.entries.malformed
+                    and not (m.entries.shards is not None and m.entries.shards.bad)
                     and (not self.tokens or m.root_token == min(self.tokens))):
                 return m, refused
         try:
@@ -302,6 +303,7 @@ class NodeStore(CacheRoot):
                 snap = (self.reload({p.bundle.key for p in published}, plan) if plan is not None
                         else self.load(warn=False))
                 m = snap.manifest
+                m.entries.prefetch(used | {p.bundle.key for p in published})  # their shards, in one batch
                 for p in published:
                     b = p.bundle
                     entry = m.entries.get(b.key)
@@ -359,9 +361,7 @@ class NodeStore(CacheRoot):
                     m.leases[lease.run_id] = Lease(hashes=keys, expires=now + lease.ttl, owner=self.owner)
                 if self.tokens:
                     m.root_token = min(self.tokens)
-                # nothing changed (a warm stage without a lease): not rewritten
-                if m.to_bytes() != snap.raw:
-                    self.write_manifest(m)
+                self.write_manifest(m)  # only what changed (nothing: nothing written)
         finally:
             self.empty_trash(trash)
         return m, refused

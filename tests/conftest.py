@@ -107,3 +107,23 @@ def _helper_failures_forgotten():
     operations._helper_failed_at.clear()
     yield
     operations._helper_failed_at.clear()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shard-min", type=int, default=None,
+                     help="shard every manifest of this many entries or more (default: the product's 512); "
+                          "a low value runs the suite's roots through the sharded manifest")
+
+
+@pytest.fixture(autouse=True)
+def _shard_threshold(request, monkeypatch):
+    """``--shard-min N``: roots of N entries or more get sharded manifests,
+    with about N/4 records per shard (in this process; CLI subprocesses keep
+    the defaults, and read and rewrite what this process wrote)."""
+    n = request.config.getoption("--shard-min")
+    if n:
+        from prng_cache import manifest
+
+        monkeypatch.setattr(manifest, "SHARD_MIN", n)
+        monkeypatch.setattr(manifest, "SHARD_FILL", max(1, n // 4))
+    yield

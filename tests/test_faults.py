@@ -36,7 +36,7 @@ from prng_cache.hashing import Hasher
 from prng_cache.inputs import discover
 from prng_cache.localstate import CacheIdRecord
 from prng_cache.maintenance import gc_node, verify_node
-from prng_cache.manifest import MANIFEST_NAME, Manifest, decode, is_key
+from prng_cache.manifest import MANIFEST_NAME, Manifest, decode, decode_files, is_key
 from prng_cache.nodeops import run_on_node
 from prng_cache.plugin import PrngCachePlugin
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeOverride, Policy, load_policy
@@ -110,7 +110,12 @@ def node_names(node, path: str) -> list[str]:
 
 
 def node_manifest(node) -> Manifest:
-    m, why = decode(node_bytes(node, f"{root_of(node)}/{MANIFEST_NAME}"))
+    """The node's manifest, shards included (all read in one command)."""
+    root = root_of(node)
+    out = node.run(f"cd {q(root)} && for f in {MANIFEST_NAME} .manifest-*/*; do "
+                   f"[ -f \"$f\" ] && printf '%s ' \"$f\" && base64 -w0 -- \"$f\" && echo; done; true").stdout
+    files = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    m, why = decode_files(lambda name: base64.b64decode(files[name]) if name in files else None)
     assert why is None, why
     return m
 

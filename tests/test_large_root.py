@@ -10,6 +10,7 @@ import os
 import msgpack
 import pytest
 
+from prng_cache import manifest
 from prng_cache.inputs import discover
 from prng_cache.manifest import MANIFEST_NAME, Entries, Manifest, decode
 from prng_cache.ownership import PARTIAL_MIN_ENTRIES, ROOT_TOKEN_PREFIX
@@ -47,9 +48,14 @@ def _bundles(d, names):
     return [found[str(d / n)] for n in names]
 
 
-@pytest.fixture
-def big(tmp_path, shm_root):
-    """A root recording N entries, and 4 more inputs staged in it."""
+@pytest.fixture(params=["one-file", "sharded"])
+def big(request, tmp_path, shm_root, monkeypatch):
+    """A root recording N entries, and 4 more inputs staged in it; its
+    manifest one file, or sharded (thresholds lowered: 512 entries would
+    make the tests slow, the code paths are the same)."""
+    if request.param == "sharded":
+        monkeypatch.setattr(manifest, "SHARD_MIN", 64)
+        monkeypatch.setattr(manifest, "SHARD_FILL", 8)
     d = tmp_path / "many"
     d.mkdir()
     many = [f"m{i:04d}.json" for i in range(N)]
@@ -58,7 +64,16 @@ def big(tmp_path, shm_root):
         (d / n).write_bytes(os.urandom(64) + n.encode())
     rep = stage_node(_store(shm_root), _bundles(d, many + four))
     assert rep.status == "ok" and len(rep.staged) == N + 4, rep
+    assert (read_manifest(shm_root).entries.shards is not None) == (request.param == "sharded")
     return d, four
+
+
+def _record_file(root: str, key: str) -> str:
+    """The file holding ``key``'s record: the manifest, or its shard."""
+    sh = read_manifest(root).entries.shards
+    if sh is None:
+        return os.path.join(root, MANIFEST_NAME)
+    return os.path.join(root, sh.dirname, sh.filename(sh.index(key)))
 
 
 def _stage_four(root, d, four, **kw):
@@ -142,7 +157,7 @@ def test_foreign_directory_at_a_wanted_key_is_left_alone(big, shm_root, tmp_path
 def test_malformed_record_is_distrusted_alone(big, shm_root):
     d, four = big
     bad, good = _bundles(d, four[:2])
-    path = os.path.join(shm_root, MANIFEST_NAME)
+    path = _record_file(shm_root, bad.key)
     doc = msgpack.unpackb(open(path, "rb").read(), raw=False)
     doc["entries"][bad.key]["size"] = "large"  # not a size
     with open(path, "wb") as f:
@@ -226,3 +241,120 @@ def test_release_in_a_large_root_looks_only_at_the_runs_entries(big, shm_root):
     assert shm_root not in t.listed
     m = read_manifest(shm_root)
     assert "run-2" not in m.leases and len(m.entries) == N + 4
+
+
+# ------------------------------------------------------------ sharded manifest
+class Counting(Recording):
+    """Also remembers which files were read and which names were renamed to."""
+
+    def __init__(self, host: str):
+        super().__init__(host)
+        self.reads: list[str] = []
+        self.renamed_to: list[str] = []
+
+    def read_bytes(self, path, max_bytes=64 << 20):
+        self.reads.append(path)
+        return super().read_bytes(path, max_bytes)
+
+    def rename(self, src, dst):
+        self.renamed_to.append(dst)
+        return super().rename(src, dst)
+
+
+@pytest.fixture
+def sharded(monkeypatch):
+    monkeypatch.setattr(manifest, "SHARD_MIN", 64)
+    monkeypatch.setattr(manifest, "SHARD_FILL", 8)
+
+
+def _sharded_root(d, root, n=N):
+    many = [f"m{i:04d}.json" for i in range(n)]
+    for name in many:
+        (d / name).write_bytes(os.urandom(32) + name.encode())
+    rep = stage_node(_store(root), _bundles(d, many))
+    assert rep.status == "ok" and len(rep.staged) == n
+    m = read_manifest(root)
+    assert m.entries.shards is not None and m.entries.shards.n >= 32
+    return many, m
+
+
+def test_a_sharded_stage_reads_and_writes_only_the_shards_it_needs(sharded, tmp_path, shm_root):
+    d = tmp_path / "s"
+    d.mkdir()
+    _, m = _sharded_root(d, shm_root)
+    (d / "new.npz").write_bytes(b"new content")
+    b = _bundles(d, ["new.npz"])[0]
+    t = Counting("local-test")
+    rep = stage_node(_store(shm_root, t), [b])
+    assert rep.status == "ok" and rep.copied_files == 1, rep
+    sh = m.entries.shards
+    shard = os.path.join(shm_root, sh.dirname, sh.filename(sh.index(b.key)))
+    assert shm_root not in t.listed
+    # the header and this key's shard (the commit reads the header again)
+    assert set(t.reads) == {os.path.join(shm_root, MANIFEST_NAME), shard}, t.reads
+    assert set(t.renamed_to) - {os.path.join(shm_root, b.key)} == {os.path.join(shm_root, MANIFEST_NAME), shard}
+    after = read_manifest(shm_root)
+    assert len(after.entries) == N + 1 and after.entries[b.key].size == b.size
+    assert after.entries.count_hint() == N + 1 and after.serial == m.serial + 1
+
+
+def test_a_garbled_shard_distrusts_its_records_only(sharded, tmp_path, shm_root):
+    d = tmp_path / "s"
+    d.mkdir()
+    many, m = _sharded_root(d, shm_root)
+    bs = _bundles(d, many[:4])
+    sh = m.entries.shards
+    victim = sh.index(bs[0].key)
+    lost = [k for k in m.entries if sh.index(k) == victim and k not in {b.key for b in bs}]  # read before
+    path = os.path.join(shm_root, sh.dirname, sh.filename(victim))
+    with open(path, "wb") as f:
+        f.write(b"\x93garbage")
+    rep = stage_node(_store(shm_root), bs)
+    assert rep.status == "ok" and len(rep.staged) == 4, rep
+    assert any("shard" in w for w in rep.warnings), rep.warnings
+    for b in bs:
+        assert open(rep.staged[b.path], "rb").read() == open(b.path, "rb").read()
+    after = read_manifest(shm_root)
+    assert lost and all(k not in after.entries for k in lost)  # never served again on the garbled shard's word
+    assert len(after.entries) == N - len(lost)
+    # their directories are ours (marker): reclaimed once stale, never served meanwhile
+    t = LocalTransport("local-test")
+    st = _store(shm_root, t)
+    st.ensure_root()
+    survey = st.survey(st.load())
+    assert set(lost) <= set(survey.fresh) | set(survey.reclaimable) and not survey.foreign
+
+
+def test_shards_of_another_generation_are_reclaimed_the_current_never(sharded, tmp_path, shm_root):
+    from prng_cache.maintenance import gc_node, status_node
+
+    d = tmp_path / "s"
+    d.mkdir()
+    _, m = _sharded_root(d, shm_root)
+    old = os.path.join(shm_root, f".manifest-{m.root_token}-deadbeef")
+    os.mkdir(old, 0o700)
+    open(os.path.join(old, "0000.msgpack"), "wb").close()
+    os.utime(old, (1, 1))
+    os.utime(os.path.join(old, "0000.msgpack"), (1, 1))
+    alien = os.path.join(shm_root, ".manifest-0000000000000000-deadbeef")  # not this root's token
+    os.mkdir(alien)
+    st = _store(shm_root)
+    assert status_node(st)["foreign"] == [os.path.basename(alien)]
+    res = gc_node(_store(shm_root))
+    assert os.path.basename(old) in res.leftovers and not os.path.exists(old)
+    assert os.path.isdir(alien) and os.path.isdir(os.path.join(shm_root, m.entries.shards.dirname))
+    assert len(read_manifest(shm_root).entries) == N
+
+
+def test_gc_of_most_entries_goes_back_to_one_file(sharded, tmp_path, shm_root):
+    from prng_cache.maintenance import gc_node
+
+    d = tmp_path / "s"
+    d.mkdir()
+    _, m = _sharded_root(d, shm_root)
+    res = gc_node(_store(shm_root), remove_all=True)
+    assert len(res.removed) == N
+    after = read_manifest(shm_root)
+    assert after.entries.shards is None and len(after.entries) == 0
+    assert not os.path.exists(os.path.join(shm_root, m.entries.shards.dirname))
+    assert not [n for n in os.listdir(shm_root) if n.startswith(".manifest-")]

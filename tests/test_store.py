@@ -13,7 +13,7 @@ import pytest
 from prng_cache.errors import UnsafeCacheRootError
 from prng_cache.inputs import discover
 from prng_cache.maintenance import gc_node, status_node, verify_node
-from prng_cache.manifest import MANIFEST_NAME, decode
+from prng_cache.manifest import MANIFEST_NAME, decode, decode_files
 from prng_cache.policy import CapacityPolicy, GcPolicy, InputsPolicy, NodeSettings
 from prng_cache.staging import held_inputs, stage_node
 from prng_cache.store import LeaseRequest, NodeStore
@@ -61,8 +61,13 @@ def src(tmp_path):
 
 
 def read_manifest(root):
-    with open(os.path.join(root, MANIFEST_NAME), "rb") as f:
-        m, why = decode(f.read())
+    def read(name):
+        try:
+            with open(os.path.join(root, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    m, why = decode_files(read)
     assert why is None
     return m
 

@@ -170,6 +170,20 @@ class Transport(ABC):
         of ``paths`` (directories in it); transports may do both at once."""
         return self.listdir_attr_large(parent), self.listdirs_attr(paths) if paths else {}
 
+    def read_many(self, paths: list[str], max_bytes: int = 64 << 20) -> dict[str, bytes | None | OSError]:
+        """:meth:`read_bytes` of many small files: path -> bytes, None when
+        missing, or the OSError of reading it (connection failures still
+        raise); transports override it to overlap the round trips."""
+        out: dict[str, bytes | None | OSError] = {}
+        for p in paths:
+            try:
+                out[p] = self.read_bytes(p, max_bytes)
+            except FileNotFoundError:
+                out[p] = None
+            except OSError as exc:
+                out[p] = exc
+        return out
+
     def lstat_many(self, paths: list[str]) -> dict[str, FileInfo | None]:
         """:meth:`lstat` of many paths; transports override it to overlap
         the round trips."""

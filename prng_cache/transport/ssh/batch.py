@@ -24,6 +24,7 @@ import paramiko
 from paramiko.sftp import (
     CMD_ATTRS,
     CMD_CLOSE,
+    CMD_DATA,
     CMD_EXTENDED,
     CMD_FSETSTAT,
     CMD_HANDLE,
@@ -32,11 +33,13 @@ from paramiko.sftp import (
     CMD_NAME,
     CMD_OPEN,
     CMD_OPENDIR,
+    CMD_READ,
     CMD_READDIR,
     CMD_STATUS,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_EXCL,
+    SFTP_FLAG_READ,
     SFTP_FLAG_WRITE,
     int64,
 )
@@ -181,6 +184,45 @@ def lstats(sftp: paramiko.SFTPClient, paths: list[str]) -> dict[str, object]:
         return lambda: p.send(CMD_LSTAT, path, then=on)
 
     p.run(chain(path) for path in paths)
+    return out
+
+
+def read_files(sftp: paramiko.SFTPClient, sizes: dict[str, int]) -> dict[str, object]:
+    """path -> its bytes, or the raw exception; ``sizes``: each file's size
+    by an lstat just before (one READ of that size; a file that has grown or
+    shrunk since maps to None: the caller reads it the ordinary way). Per
+    file: OPEN, then READ and CLOSE together (two rounds in all)."""
+    p = Pipeline(sftp)
+    out: dict[str, object] = {}
+
+    def chain(path: str, size: int) -> Callable[[], None]:
+        def on_data(t, msg):
+            if t == CMD_DATA:
+                data = msg.get_string()
+                out[path] = data if len(data) == size else None  # it changed meanwhile
+                return
+            try:
+                p.status(t, msg)
+            except EOFError:  # empty (or emptied) file
+                out[path] = b"" if size == 0 else None
+            except Exception as e:
+                out[path] = e
+
+        def on_open(t, msg):
+            if t != CMD_HANDLE:
+                try:
+                    p.status(t, msg)
+                    raise paramiko.SFTPError("Expected handle")
+                except Exception as e:
+                    out[path] = e
+                return
+            handle = msg.get_binary()
+            p.send(CMD_READ, handle, int64(0), size + 1, then=on_data)
+            p.send(CMD_CLOSE, handle, then=lambda t, m: None)
+
+        return lambda: p.send(CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes(), then=on_open)
+
+    p.run(chain(path, size) for path, size in sizes.items())
     return out
 
 

@@ -45,6 +45,9 @@ HELPER_MIN_LISTING = FIND_MIN
 #: a node whose helper failed is not asked again by this process for this
 #: long (a python that hangs before its hello costs connect_timeout once)
 HELPER_RETRY_AFTER = 600.0
+#: files read together by read_many in one READ each (OpenSSH answers a READ
+#: with at most 256 KiB)
+READ_MANY_MAX = 200 << 10
 _helper_failed_at: dict[str, float] = {}
 
 
@@ -196,6 +199,31 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
                 out[path] = self.lstat(path)
             else:
                 out[path] = _info(r)
+        return out
+
+    def read_many(self, paths: list[str], max_bytes: int = 64 << 20) -> dict[str, bytes | None | OSError]:
+        """LSTATs of all, then every regular file opened, read and closed
+        with the others' requests in flight; what is not a small regular
+        file (or changed between the two) is read as :meth:`read_bytes`
+        does, which also refuses it the same way."""
+        if len(paths) < 2:
+            return super().read_many(paths, max_bytes)
+        infos = self.lstat_many(paths)
+        small = {p: i.size for p, i in infos.items()
+                 if i is not None and i.is_file and not i.is_symlink and i.size < min(max_bytes, READ_MANY_MAX)}
+        with self._op("read", paths[0]):
+            raw = batch.read_files(self._session(), small) if small else {}
+        out: dict[str, bytes | None | OSError] = {}
+        rest = []
+        for p in paths:
+            r = raw.get(p)
+            if infos[p] is None:
+                out[p] = None
+            elif isinstance(r, bytes):
+                out[p] = r
+            else:
+                rest.append(p)
+        out.update(super().read_many(rest, max_bytes))
         return out
 
     def listdir_attr(self, path: str) -> dict[str, FileInfo]:
