@@ -157,6 +157,10 @@ class SSHNode:
                     # DEBUG1 so tests can see e.g. direct-tcpip forwards of a jump
                     "LogLevel VERBOSE",
                     "Subsystem sftp internal-sftp",
+                    # a login script that runs `pyenv rehash` (as this
+                    # machine's .bashrc does) waits up to 60 s on a lock a
+                    # killed session left; every later session would stall
+                    "SetEnv PYENV_REHASH_TIMEOUT=0",
                     "",
                 ]
             )
