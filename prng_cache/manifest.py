@@ -43,7 +43,7 @@ SHARD_DIR_PREFIX = ".manifest-"
 #: sharded from this many entries on, one file again below half of it
 SHARD_MIN = 512
 #: records per shard aimed at (a stage reads one shard per key it needs)
-SHARD_FILL = 32
+SHARD_FILL = 128
 MAX_SHARDS = 4096
 #: a shard larger than this is not ours
 MAX_SHARD_BYTES = 16 << 20
@@ -122,7 +122,7 @@ class Entries(MutableMapping):
         sh = self.shards
         if sh is None:
             return
-        want = sorted({sh.index(k) for k in keys if isinstance(k, str) and is_key(k)} - set(sh.read))
+        want = sorted({i for k in keys if isinstance(k, str) and is_key(k) and (i := sh.index(k)) not in sh.read})
         if not want:
             return
         got = sh.load(want) if sh.load is not None else {}
@@ -168,7 +168,8 @@ class Entries(MutableMapping):
         e = self._ok.get(key)
         if e is not None:
             return e
-        if self.shards is not None and isinstance(key, str) and is_key(key):
+        sh = self.shards
+        if sh is not None and isinstance(key, str) and is_key(key) and sh.index(key) not in sh.read:
             self.prefetch([key])
         if key not in self._raw:
             return None
