@@ -4,6 +4,8 @@ Layout::
 
     <root>/                      0700, owned by the user, never a symlink
       manifest.msgpack           the only source of trust for serving
+                                 (a large one: its header, and
+      .manifest-<root>-<gen>/    its records in shards; see manifest.py)
       .prng-root-<root>          this root's ownership token (an empty file)
       .lock/                     manifest lock (mkdir is atomic everywhere)
       .tmp-<root>-<proc>-<rand>  a bundle (or one more name of a cached
@@ -14,8 +16,8 @@ Layout::
 
 The root may hold other people's files (the users' own ``step2/`` preload,
 anything at all). prng-cache deletes only what it can prove it created:
-entries its manifest lists, temporaries and trash whose name carries this
-root's token, and unlisted ``<key>`` directories holding this root's marker
+entries its manifest lists, temporaries, trash and shard directories of
+other manifest generations whose name carries this root's token, and unlisted ``<key>`` directories holding this root's marker
 (a killed stager's or a reset manifest's). Everything else is "foreign":
 reported, never modified, moved, served or deleted.
 
