@@ -334,6 +334,10 @@ class Manifest:
     # bumped by every write of a sharded manifest (an unchanged header then
     # means nothing changed)
     serial: int = 0
+    # when a stage last listed the (large) root in full: stages that look at
+    # a few entries alone rely on one within gc.stale_temp (leftovers of a
+    # killed stager, entries removed by hand are found by those)
+    listed_at: float | None = None
     # the header's bytes as read (None: a new manifest); not part of equality
     origin: bytes | None = field(default=None, compare=False, repr=False)
 
@@ -386,6 +390,7 @@ class Manifest:
                 for rid, l in self.leases.items()
             },
             **({"root_token": self.root_token} if self.root_token else {}),
+            **({"listed_at": self.listed_at} if self.listed_at is not None else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -438,6 +443,13 @@ def shard_target(count: int, current: int) -> int:
     return n
 
 
+def _optional_time(v: object) -> float | None:
+    try:
+        return None if v is None else _time(v, "")
+    except ValueError:
+        return None
+
+
 def _time(v: object, what: str) -> float:
     """A timestamp as to_bytes writes it: a finite real number. NaN would
     compare false forever, inf (e.g. a lease's expiry) would pin entries
@@ -481,7 +493,7 @@ def decode(data: bytes, load_shards: Callable[[str], Callable] | None = None) ->
         token = doc.get("root_token")
         m = Manifest(cache_id=cache_id, created=_time(doc["created"], "created"), entries=entries,
                      root_token=token if isinstance(token, str) and _TOKEN_RE.match(token) else None,
-                     serial=serial, origin=data)
+                     serial=serial, origin=data, listed_at=_optional_time(doc.get("listed_at")))
         for rid, l in doc["leases"].items():
             hashes = l["hashes"]
             if not isinstance(rid, str) or not isinstance(hashes, list):

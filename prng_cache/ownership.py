@@ -113,6 +113,11 @@ class Snapshot:
     # (``listing`` holds those; leftovers and other unrecorded items are not
     # known: gc and full loads find them)
     partial: bool = False
+    # a full listing of a large root renewed the manifest's listed_at: the
+    # stage writes the manifest for it
+    relisted: bool = False
+    # when the root was listed in full for it (None: partial, or a reload)
+    listed_time: float | None = None
 
     @property
     def untracked(self) -> list[str]:
@@ -288,7 +293,20 @@ class CacheRoot:
                 del manifest.entries[key]
         self.tokens = root_tokens(listing)
         return Snapshot(manifest, listing, reset, dropped, set(self.tokens), raw=data,
-                        entry_listings=entry_listings)
+                        entry_listings=entry_listings, relisted=self._note_listed(manifest),
+                        listed_time=self.clock())
+
+    def _note_listed(self, manifest: Manifest) -> bool:
+        """After a full listing of a large root: remember when (renewed at
+        half of gc.stale_temp, so it costs a manifest write that often at
+        most). True when the manifest changed for it."""
+        if manifest.entries.count_hint() < PARTIAL_MIN_ENTRIES:
+            return False
+        now = self.clock()
+        if manifest.listed_at is not None and 0 <= now - manifest.listed_at < self.gc.stale_temp / 2:
+            return False
+        manifest.listed_at = now
+        return True
 
     def _load_partial(self, manifest: Manifest, data: bytes, wanted: Callable[[Manifest], list[str]],
                       probe: list[str]) -> Snapshot | None:
@@ -297,9 +315,11 @@ class CacheRoot:
         root should be listed after all (a small or token-less manifest,
         many keys, the token file gone)."""
         count = manifest.entries.count_hint()
-        token = manifest.root_token
+        token, listed = manifest.root_token, manifest.listed_at
         if token is None or count < PARTIAL_MIN_ENTRIES or len(probe) * PARTIAL_RATIO > count:
             return None
+        if listed is None or not 0 <= self.clock() - listed < self.gc.stale_temp:
+            return None  # time to list it in full: leftovers, entries removed by hand
         token_name = ROOT_TOKEN_PREFIX + token
         names = sorted(set(probe)) + [token_name]
         infos = self.t.lstat_many([self.path(n) for n in names])

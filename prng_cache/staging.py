@@ -57,7 +57,9 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
             groups[b.key] = replace(g, files=g.files + extra_files)
     # the root and the entries this stage needs, listed together
     # (of a large root, only those entries are looked at: see CacheRoot.load)
-    snap = store.load(wanted=lambda m: [k for k in groups if k in m.entries], probe=list(groups))
+    # (not with capacity.max_bytes: its total must count only what is there)
+    snap = store.load(wanted=lambda m: [k for k in groups if k in m.entries],
+                      probe=list(groups) if store.settings.capacity.max_bytes is None else None)
     m = snap.manifest
     if snap.reset_reason:
         rep.warnings.append(f"{snap.reset_reason}: rebuilt")

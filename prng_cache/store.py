@@ -28,7 +28,7 @@ from .memo import HashMemo
 from .manifest import Entry, Lease, Manifest
 from .transport.base import DirUpload
 from .model import Bundle, BundleFile
-from .ownership import MARKER_PREFIX, CacheRoot, Snapshot
+from .ownership import MARKER_PREFIX, PARTIAL_MIN_ENTRIES, CacheRoot, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +292,10 @@ class NodeStore(CacheRoot):
             m = plan.manifest
             changed = _mark_used(m, used, scoped, now)
             if (not changed and plan.raw is not None and not plan.reset_reason and not m.entries.malformed
-                    and not (m.entries.shards is not None and m.entries.shards.bad)
-                    and (not self.tokens or m.root_token == min(self.tokens))):
+                    and not plan.relisted and not (m.entries.shards is not None and m.entries.shards.bad)
+                    and (not self.tokens or m.root_token == min(self.tokens))
+                    # and nobody (gc) changed it since the plan: read again, not locked
+                    and self._read_manifest()[0] == plan.raw):
                 return m, refused
         try:
             with self.lock():
@@ -303,6 +305,11 @@ class NodeStore(CacheRoot):
                 snap = (self.reload({p.bundle.key for p in published}, plan) if plan is not None
                         else self.load(warn=False))
                 m = snap.manifest
+                if plan is not None and plan.listed_time is not None and (
+                        m.entries.count_hint() + len(published) >= PARTIAL_MIN_ENTRIES):
+                    # the plan listed the root: stages of a few entries may skip it a while
+                    if m.listed_at is None or m.listed_at > now or m.listed_at < plan.listed_time:
+                        m.listed_at = plan.listed_time
                 m.entries.prefetch(used | {p.bundle.key for p in published})  # their shards, in one batch
                 for p in published:
                     b = p.bundle
