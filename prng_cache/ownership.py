@@ -360,6 +360,7 @@ class CacheRoot:
         else:
             manifest, reset = self._manifest_of(data, reset, any(is_key(n) for n in listing), warn=False)
         dropped = []
+        manifest.entries.prefetch(recheck)  # their shards, in one batch
         for key in [k for k in recheck if k in manifest.entries]:
             info = listing.get(key)
             if info is None or not info.is_dir:
