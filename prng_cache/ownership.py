@@ -442,8 +442,8 @@ class CacheRoot:
             if not changed and m.header_bytes() == m.origin:
                 return False
             folder = m.entries.shards.dirname
-            for i, data in changed.items():
-                self._replace(f"{folder}/{Shards.filename(i)}", data)
+            self.t.replace_files([(self.path(self.tmp_name("manifest")), self.path(folder, Shards.filename(i)),
+                                   data, 0o600) for i, data in changed.items()])
             m.serial += 1
             data = m.header_bytes()
             self._replace(MANIFEST_NAME, data)

@@ -467,3 +467,17 @@ def test_context_manager_closes(c: Case):
     with c.t as t:
         assert t.lstat(c.base).is_dir
     c.t.close()  # idempotent
+
+
+def test_replace_files(c: Case):
+    c.sh(f"cd {q(c.base)} && printf old > a && mkdir d")
+    items = [(c.p(f".t{i}"), c.p(n), data, 0o600) for i, (n, data) in
+             enumerate([("a", b"new a"), ("b", b"b" * 300_000), ("empty", b"")])]
+    c.t.replace_files(items)
+    assert c.t.read_bytes(c.p("a")) == b"new a" and c.t.read_bytes(c.p("b")) == b"b" * 300_000
+    assert c.t.read_bytes(c.p("empty")) == b"" and c.t.lstat(c.p("a")).perms == 0o600
+    assert not [n for n in c.t.listdir_attr(c.base) if n.startswith(".t")]
+    # a failure raises, and leaves no temporary behind
+    with pytest.raises(OSError):
+        c.t.replace_files([(c.p(".t9"), c.p("x"), b"x", 0o600), (c.p(".t8"), c.p("d", "missing", "y"), b"y", 0o600)])
+    assert not [n for n in c.t.listdir_attr(c.base) if n.startswith(".t")]

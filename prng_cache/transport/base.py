@@ -19,6 +19,8 @@ transport:
 
 from __future__ import annotations
 
+import contextlib
+
 import stat as _stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -183,6 +185,21 @@ class Transport(ABC):
             except OSError as exc:
                 out[p] = exc
         return out
+
+    def replace_files(self, items: list[tuple[str, str, bytes, int]]) -> None:
+        """Per item ``(tmp, dst, data, mode)``: write ``data`` to the new file
+        ``tmp`` (exactly ``mode``), then rename it over ``dst`` (atomic per
+        file). Raises the first failure; a ``tmp`` left behind is removed.
+        Transports override it to overlap the round trips."""
+        for tmp, dst, data, mode in items:
+            try:
+                with self.open_write(tmp, mode) as f:
+                    f.write(data)
+                self.rename(tmp, dst)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.unlink(tmp)
+                raise
 
     def lstat_many(self, paths: list[str]) -> dict[str, FileInfo | None]:
         """:meth:`lstat` of many paths; transports override it to overlap

@@ -298,3 +298,51 @@ def put_dirs(sftp: paramiko.SFTPClient, items) -> list[tuple[str, str, BaseExcep
 
     p.run(chain(i, item) for i, item in enumerate(items))
     return results
+
+
+def replace_files(sftp: paramiko.SFTPClient, items: list[tuple[str, str, bytes, int]]) -> list[tuple[str, str, BaseException] | None]:
+    """Per item ``(tmp, dst, data, mode)``: create ``tmp`` exclusively with
+    exactly ``mode``, write ``data``, close, then ``posix-rename`` it over
+    ``dst``; all items' requests in flight together. Returns, per item, None
+    or (operation, path, raw exception) of its first failure (``tmp`` may
+    then be left: the caller removes it)."""
+    p = Pipeline(sftp)
+    results: list[tuple[str, str, BaseException] | None] = [None] * len(items)
+
+    def chain(i: int, tmp: str, dst: str, data: bytes, mode: int) -> Callable[[], None]:
+        def checked(what: str, path: str, then: Callable[[], None] | None = None) -> Answer:
+            def on(t, msg):
+                try:
+                    p.status(t, msg)
+                except Exception as e:
+                    if results[i] is None:
+                        results[i] = (what, path, e)
+                    return
+                if then is not None and results[i] is None:
+                    then()
+            return on
+
+        def on_open(t, msg):
+            if t != CMD_HANDLE:
+                checked("create", tmp)(t, msg)
+                if results[i] is None:
+                    results[i] = ("create", tmp, paramiko.SFTPError("Expected handle"))
+                return
+            handle = msg.get_binary()
+            attrs = SFTPAttributes()
+            attrs.st_mode = mode
+            p.send(CMD_FSETSTAT, handle, attrs, then=checked("chmod", tmp))
+            for o in range(0, len(data), CHUNK_SIZE):
+                p.send(CMD_WRITE, handle, int64(o), data[o:o + CHUNK_SIZE], then=checked("write", tmp))
+            # answered in order: the CLOSE's answer comes after every WRITE's
+            p.send(CMD_CLOSE, handle, then=checked("close", tmp, then=lambda: p.send(
+                CMD_EXTENDED, "posix-rename@openssh.com", tmp, dst, then=checked("rename", tmp))))
+
+        def start() -> None:
+            attrs = SFTPAttributes()
+            attrs.st_mode = mode
+            p.send(CMD_OPEN, tmp, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs, then=on_open)
+        return start
+
+    p.run(chain(i, *item) for i, item in enumerate(items))
+    return results

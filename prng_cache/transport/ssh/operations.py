@@ -181,6 +181,20 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
             except FileNotFoundError:
                 return None
 
+    def replace_files(self, items: list[tuple[str, str, bytes, int]]) -> None:
+        """All items' requests in flight together (see :mod:`.batch`)."""
+        if len(items) < 2:
+            return super().replace_files(items)
+        with self._op("write", items[0][0]):
+            raw = batch.replace_files(self._session(), items)
+        failed = [(item, r) for item, r in zip(items, raw) if r is not None]
+        for (tmp, *_), _r in failed:
+            with contextlib.suppress(Exception):
+                self.unlink(tmp)
+        if failed:
+            (tmp, *_), (what, path, exc) = failed[0]
+            raise self._translated(exc, what, path, creates=what == "create")
+
     def lstat_many(self, paths: list[str]) -> dict[str, FileInfo | None]:
         """All LSTATs in flight at once; an answer other than "no such
         file" is asked again alone (its error translated as :meth:`lstat`
