@@ -68,7 +68,11 @@ def stage_a(cluster, policy, bs, **kw):
 
 
 def read_doc(node) -> dict:
-    return msgpack.unpackb(node_bytes(node, f"{root_of(node)}/{MANIFEST_NAME}"), raw=False)
+    """The one-file manifest as a document (these attacks edit its records)."""
+    doc = msgpack.unpackb(node_bytes(node, f"{root_of(node)}/{MANIFEST_NAME}"), raw=False)
+    if "entries" not in doc:
+        pytest.skip("edits one-file manifest records; this root's manifest is sharded (--shard-min)")
+    return doc
 
 
 def write_doc(node, doc: dict) -> None:
