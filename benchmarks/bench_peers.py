@@ -9,7 +9,8 @@ in one run, interleaved so that the machine's drift hits every tool:
 - warm: the same again (nothing to copy; prng-cache with its memo warm);
 - warm 4 in many: a warm stage of 4 inputs in a root that also holds the
   ``--sizes`` largest other entries, against the same stage in a root that
-  holds only those 4.
+  holds only those 4; without a lease (``prng-cache stage``) and with one (as
+  the coordinator plugin stages: the manifest is written).
 
 Every prng-cache stage is measured as the CLI does it (``plan_run`` +
 ``RunPlan.stage``): discover + hash (memo), the nodes connected meanwhile,
@@ -42,6 +43,7 @@ from prng_cache.cluster import Node
 from prng_cache.hashing import HashMemo
 from prng_cache.policy import CapacityPolicy, InputsPolicy, NodeOverride, Policy
 from prng_cache.run import plan_run
+from prng_cache.store import LeaseRequest
 from prng_cache.testing.sshcluster import SSHCluster
 
 FILE_BYTES = 10_000
@@ -102,7 +104,7 @@ class Runner:
         self.nodes = [Node(h, cluster.user) for h in self.hosts]
         self.transport = cluster.policy()
 
-    def stage(self, root: str, paths: list[str], memo: str) -> float:
+    def stage(self, root: str, paths: list[str], memo: str, lease: str | None = None) -> float:
         policy = Policy(transport=self.transport, capacity=CapacityPolicy(max_percent=100.0),
                         inputs=InputsPolicy(min_jobs=1, base_dir=self.work),
                         nodes=tuple(NodeOverride(h, mode="cache", cache_root=root) for h in self.hosts))
@@ -110,7 +112,7 @@ class Runner:
         # as `prng-cache stage` does it: nodes connected while the inputs are hashed
         plan = plan_run(jobs_for(paths), self.nodes, policy, min_jobs=1, memo=HashMemo(memo),
                         connect_early=self.nodes)
-        reps = plan.stage()
+        reps = plan.stage(lease=LeaseRequest(lease, 600.0) if lease else None)
         dt = time.perf_counter() - t
         bad = {h: r.reason for h, r in reps.items() if r.status != "ok"}
         assert not bad, bad
@@ -177,9 +179,12 @@ def main() -> int:
             memo4 = os.path.join(work, f"memo-{rep}-four")
             for root in (crowded, alone):
                 r.stage(root, four, memo4)
-            for _ in range(3):  # interleaved, best of 3 each: the handshake dominates and is noisy
+            for i in range(3):  # interleaved, best of 3 each: the handshake dominates and is noisy
                 add("prng_warm4_crowded_one", r.stage(crowded, four, memo4))
                 add("prng_warm4_alone_one", r.stage(alone, four, memo4))
+                # as the plugin stages: with a lease (the manifest is written)
+                add("prng_warm4_lease_crowded_one", r.stage(crowded, four, memo4, lease=f"run-{rep}-{i}"))
+                add("prng_warm4_lease_alone_one", r.stage(alone, four, memo4, lease=f"run-{rep}-{i}"))
             r.clean()
             print(f"repeat {rep + 1}/{a.repeats} done", file=sys.stderr)
     finally:
@@ -203,6 +208,11 @@ def main() -> int:
                                          "ratio": crowd / alone, "goal_ratio": 1.2}
     lines.append(f"  warm 4 inputs, root of {big:<5} {crowd:>8.3f}s   root of 4 {alone:.3f}s  -> "
                  f"{crowd / alone:.2f}x (goal <= 1.2x; best of {len(rows['prng_warm4_alone_one'])})")
+    lcrowd, lalone = min(rows["prng_warm4_lease_crowded_one"]), min(rows["prng_warm4_lease_alone_one"])
+    doc["scenarios"]["warm4_in_many_leased"] = {"crowded_s": lcrowd, "alone_s": lalone, "others": big,
+                                                "ratio": lcrowd / lalone, "goal_ratio": 1.2}
+    lines.append(f"  the same with a lease (plugin) {lcrowd:>6.3f}s   root of 4 {lalone:.3f}s  -> "
+                 f"{lcrowd / lalone:.2f}x")
     if mem:
         doc["client_mem_mib"] = statistics.median(mem)
         lines.append(f"  client memory, cold {big} files: {doc['client_mem_mib']:.1f} MiB above baseline "
