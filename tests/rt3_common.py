@@ -7,6 +7,7 @@ import os
 import msgpack  # noqa: E402
 import pytest  # noqa: E402
 
+from test_batch_faults import _many  # noqa: E402
 from test_faults import (assert_consistent, bundles_of, cluster, make_policy, node_bytes,  # noqa: E402,F401
                          node_manifest, node_names, root_of, src, stage, store_for)
 
@@ -18,21 +19,10 @@ from prng_cache.transport.ssh import SSHTransport  # noqa: E402
 N = PARTIAL_MIN_ENTRIES + 44  # 300 entries
 
 
-def make_files(src, n, size=500, prefix="f"):
-    d = src / "many"
-    d.mkdir(exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = d / f"{prefix}{i:04d}.bin"
-        p.write_bytes(os.urandom(size))
-        paths.append(p)
-    return d, paths
-
-
 def big_root(cluster, src, n=N, capacity=None, **kw):
     """rig-a holds n entries (one stage). Returns (node, policy, bundles, d)."""
     node = cluster["rig-a"]
-    d, paths = make_files(src, n)
+    d, paths = _many(src, n, 500)
     policy = make_policy(cluster, d, capacity=capacity or CapacityPolicy(max_percent=100), **kw)
     bs, _ = bundles_of(paths, d)
     rep = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]

@@ -99,6 +99,13 @@ class Pipeline:
                 return
             self.pump()
 
+    def handle(self, t: int, msg: paramiko.Message) -> bytes:
+        """The handle an OPEN or OPENDIR answered; raises its error otherwise."""
+        if t != CMD_HANDLE:
+            self.status(t, msg)
+            raise paramiko.SFTPError("Expected handle")
+        return msg.get_binary()
+
     def status(self, t: int, msg: paramiko.Message) -> None:
         """Raise the error an SFTP status carries (nothing for OK)."""
         if t == CMD_STATUS:
@@ -146,14 +153,11 @@ def list_dirs(sftp: paramiko.SFTPClient, paths: list[str]) -> dict[str, object]:
                 out[path] = [a for a in got if a.filename not in (".", "..")]
 
         def on_open(t, msg):
-            if t != CMD_HANDLE:
-                try:
-                    p.status(t, msg)
-                    raise paramiko.SFTPError("Expected handle")
-                except Exception as e:
-                    out[path] = e
+            try:
+                handle = p.handle(t, msg)
+            except Exception as e:
+                out[path] = e
                 return
-            handle = msg.get_binary()
             p.send(CMD_READDIR, handle, then=on_read)
             p.send(CMD_READDIR, handle, then=on_read)
             p.send(CMD_CLOSE, handle, then=lambda t, m: None)
@@ -209,14 +213,11 @@ def read_files(sftp: paramiko.SFTPClient, sizes: dict[str, int]) -> dict[str, ob
                 out[path] = e
 
         def on_open(t, msg):
-            if t != CMD_HANDLE:
-                try:
-                    p.status(t, msg)
-                    raise paramiko.SFTPError("Expected handle")
-                except Exception as e:
-                    out[path] = e
+            try:
+                handle = p.handle(t, msg)
+            except Exception as e:
+                out[path] = e
                 return
-            handle = msg.get_binary()
             p.send(CMD_READ, handle, int64(0), size + 1, then=on_data)
             p.send(CMD_CLOSE, handle, then=lambda t, m: None)
 
