@@ -47,6 +47,8 @@ SHARD_FILL = 128
 MAX_SHARDS = 4096
 #: a shard larger than this is not ours
 MAX_SHARD_BYTES = 16 << 20
+#: an entry larger than this is not one of ours (header totals are checked against it)
+MAX_FILE_BYTES = 1 << 40
 _TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
 # a shard generation: the root's token (ownership, as temporaries carry it) and a random part
 GEN_RE = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{8}$")
@@ -76,15 +78,21 @@ class Shards:
     cache root: shard -> bytes, None when absent, or the OSError of reading
     it)."""
 
-    def __init__(self, gen: str, n: int, count: int, nbytes: int, scoped: list[str],
+    def __init__(self, gen: str, n: int, stats: list[tuple[int, int]], scoped: list[str],
                  load: Callable[[list[int]], dict[int, "bytes | None | OSError"]] | None):
         self.gen, self.n = gen, n
-        self.count, self.nbytes = count, nbytes  # as the header recorded them
+        # per shard (records, bytes): as the header recorded them, replaced
+        # by what a shard really holds once it is read (a header that a
+        # killed writer or a lost shard left behind heals when written next)
+        self.stats = list(stats)
         self.scoped = set(scoped)
         self.load = load
         self.read: dict[int, bytes | None] = {}  # shard -> bytes as read (None: absent)
-        self.read_stats: dict[int, tuple[int, int, set[str]]] = {}  # records, bytes, run-scoped keys
         self.bad: list[int] = []  # unreadable or garbled: its records are not trusted
+
+    def _set(self, i: int, records: int, nbytes: int, scoped: set[str]) -> None:
+        self.stats[i] = (records, nbytes)
+        self.scoped = {k for k in self.scoped if self.index(k) != i} | scoped
 
     @property
     def dirname(self) -> str:
@@ -157,7 +165,7 @@ class Entries(MutableMapping):
                     scoped.add(k)
             if k not in self._ok:
                 self._raw.setdefault(k, rec)
-        sh.read_stats[i] = (n, size, scoped)
+        sh._set(i, n, size, scoped)
 
     def _load_all(self) -> None:
         if self.shards is not None:
@@ -219,7 +227,11 @@ class Entries(MutableMapping):
         if self.shards is None:
             return len(self._ok) + len(self._raw)
         sh = self.shards  # the records in memory are those of the shards read
-        return max(0, sh.count - sum(st[0] for st in sh.read_stats.values()) + len(self._ok) + len(self._raw))
+        return sum(c for i, (c, _) in enumerate(sh.stats) if i not in sh.read) + len(self._ok) + len(self._raw)
+
+    def in_memory(self) -> int:
+        """Records read (sharded: those a write would rewrite, at most)."""
+        return len(self._ok) + len(self._raw)
 
     def run_scoped_keys(self) -> list[str]:
         """Keys of run-scoped entries; only those records are checked."""
@@ -261,9 +273,8 @@ class Entries(MutableMapping):
         shard of the new generation is then written)."""
         self._load_all()
         old = self.shards
-        self.shards = Shards(gen, n, 0, 0, [], None)
+        self.shards = Shards(gen, n, [(0, 0)] * n, [], None)
         self.shards.read = {i: None for i in range(n)}
-        self.shards.read_stats = {i: (0, 0, set()) for i in range(n)}
         if old is not None:
             self.malformed.extend(k for k in list(self._raw) if not is_key(k))
 
@@ -283,14 +294,10 @@ class Entries(MutableMapping):
             if recs or sh.read[i] is not None:
                 if data != sh.read[i]:
                     out[i] = data
-            n0, b0, s0 = sh.read_stats[i]
             scoped = {k for k, r in recs.items() if isinstance(r, dict) and r.get("run_scoped") is True}
             size = sum(r["size"] for r in recs.values() if isinstance(r, dict) and isinstance(r.get("size"), int))
-            sh.count += len(recs) - n0
-            sh.nbytes += size - b0
-            sh.scoped = (sh.scoped - s0) | scoped
+            sh._set(i, len(recs), size, scoped)
             sh.read[i] = data if (recs or sh.read[i] is not None) else None
-            sh.read_stats[i] = (len(recs), size, scoped)
         return out
 
 
@@ -352,9 +359,9 @@ class Manifest:
     @property
     def total_bytes(self) -> int:
         sh = self.entries.shards
-        if sh is not None:  # the header's count, brought up to date with the shards read
-            return max(0, sh.nbytes - sum(st[1] for st in sh.read_stats.values())
-                       + sum(e.size for e in self.entries._ok.values())
+        if sh is not None:  # the header's totals for shards not read, the records read
+            return (sum(b for i, (_, b) in enumerate(sh.stats) if i not in sh.read)
+                    + sum(e.size for e in self.entries._ok.values())
                        + sum(r["size"] for r in self.entries._raw.values()
                              if isinstance(r, dict) and isinstance(r.get("size"), int)))
         return sum(e.size for e in self.entries.values())
@@ -402,7 +409,7 @@ class Manifest:
         """The header of a sharded manifest (format 2), as it stands."""
         sh = self.entries.shards
         doc = {"format": SHARDED_FORMAT, **self._top(), "serial": self.serial,
-               "shards": {"gen": sh.gen, "n": sh.n, "count": sh.count, "bytes": sh.nbytes,
+               "shards": {"gen": sh.gen, "n": sh.n, "stats": [list(st) for st in sh.stats],
                           "scoped": sorted(sh.scoped)}}
         return msgpack.packb(doc, use_bin_type=True)
 
@@ -415,15 +422,18 @@ def _checked(entries: dict) -> Entries:
 
 
 def _shards(doc, load_shards) -> Shards:
-    gen, n, count, nbytes, scoped = doc["gen"], doc["n"], doc["count"], doc["bytes"], doc["scoped"]
+    gen, n, stats, scoped = doc["gen"], doc["n"], doc["stats"], doc["scoped"]
     if not isinstance(gen, str) or not GEN_RE.match(gen):
         raise ValueError("bad shard generation")
-    for v in (n, count, nbytes):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError("bad shard counts")
-    if not 1 <= n <= MAX_SHARDS or not isinstance(scoped, list):
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SHARDS or not isinstance(scoped, list):
         raise ValueError("bad shards")
-    return Shards(gen, n, count, nbytes, [k for k in scoped if isinstance(k, str) and is_key(k)],
+    if not isinstance(stats, list) or len(stats) != n:
+        raise ValueError("bad shard counts")
+    for st in stats:  # no more than a shard file can hold
+        if (not isinstance(st, list) or len(st) != 2 or not all(type(v) is int for v in st)
+                or not 0 <= st[0] <= MAX_SHARD_BYTES // 64 or not 0 <= st[1] <= MAX_SHARD_BYTES // 64 * MAX_FILE_BYTES):
+            raise ValueError("bad shard counts")
+    return Shards(gen, n, [tuple(st) for st in stats], [k for k in scoped if isinstance(k, str) and is_key(k)],
                   load_shards(gen) if load_shards is not None else None)
 
 

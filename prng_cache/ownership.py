@@ -406,14 +406,28 @@ class CacheRoot:
         return manifest, reset
 
     def _shard_reader(self, gen: str):
-        """Reads shards of generation ``gen`` (for :class:`~prng_cache.manifest.Shards`)."""
-        folder = self.path(SHARD_DIR_PREFIX + gen)
+        """Reads shards of generation ``gen`` (for :class:`~prng_cache.manifest.Shards`);
+        nothing is read from a shard directory that is not a real private
+        directory of ours (every shard of it is then distrusted)."""
+        name = SHARD_DIR_PREFIX + gen
+        folder = self.path(name)
 
         def read(indices: list[int]) -> dict:
+            if not self._shard_dir_ok(name):
+                return {i: NotADirectoryError(errno.ENOTDIR, "not a shard directory of ours", folder)
+                        for i in indices}
             paths = {i: f"{folder}/{Shards.filename(i)}" for i in indices}
             got = self.t.read_many(list(paths.values()), MAX_SHARD_BYTES + 1)
             return {i: got[p] for i, p in paths.items()}
         return read
+
+    def _shard_dir_ok(self, name: str) -> bool:
+        """``name`` in the root is a real directory of ours that only we can
+        write (never read or written through a symlink)."""
+        info = self.t.lstat(self.path(name))
+        uid = self.t.uid() if self._uid is None else self._uid
+        return (info is not None and info.is_dir and not info.is_symlink and info.uid == uid
+                and not info.perms & 0o022)
 
     def write_manifest(self, m: Manifest) -> bool:
         """Write what changed, atomically per file: a reader sees the old or
@@ -435,7 +449,11 @@ class CacheRoot:
                 return False
             self._replace(MANIFEST_NAME, data)
         else:
-            if sh is None or target != sh.n or not sh.gen.startswith(self.token + "-"):
+            # a new generation also when the current one cannot be written in
+            # place: a shard that was unreadable (or a directory, a FIFO...),
+            # or its directory gone or not ours
+            if (sh is None or target != sh.n or not sh.gen.startswith(self.token + "-") or sh.bad
+                    or not self._shard_dir_ok(sh.dirname)):
                 m.entries.reshard(f"{self.token}-{secrets.token_hex(4)}", target)
                 self.t.mkdir(self.path(m.entries.shards.dirname), 0o700)
             changed = m.entries.changed_shards()
@@ -448,9 +466,10 @@ class CacheRoot:
             data = m.header_bytes()
             self._replace(MANIFEST_NAME, data)
         m.origin = data
-        if old_dir is not None and old_dir != self.shard_dir_of(m):
+        if old_dir is not None and old_dir != self.shard_dir_of(m) and self._shard_dir_ok(old_dir):
             # no longer named by the header: a reader still using the old
-            # header finds its shards gone, and trusts nothing of them
+            # header finds its shards gone, and trusts nothing of them (what
+            # is not a directory of ours there is left alone)
             self.empty_trash([g for g in [self._to_trash(old_dir)] if g is not None])
         return True
 
@@ -512,6 +531,9 @@ class CacheRoot:
         now = self.t.now()
         out = Survey()
         leftovers = set(snap.leftovers)
+        # a live lease names it: a running job may read it even though the
+        # manifest no longer records it (a distrusted record or shard)
+        leased = snap.manifest.leased_keys(self.clock())
         for name, info in sorted(snap.listing.items()):
             if name == MANIFEST_NAME or name in snap.manifest.entries:
                 continue
@@ -521,7 +543,9 @@ class CacheRoot:
                 continue
             if name.startswith(ROOT_TOKEN_PREFIX) and name[len(ROOT_TOKEN_PREFIX):] in snap.tokens:
                 continue
-            if name in leftovers or (is_key(name) and self.owns_dir(name, info, snap.tokens)):
+            if name in leased and is_key(name):
+                out.fresh.append(name)
+            elif name in leftovers or (is_key(name) and self.owns_dir(name, info, snap.tokens)):
                 # judge age both ways: a node clock that was wrong when the
                 # item was written must not make it immortal
                 stale = abs(now - self._newest_mtime(name, info)) > self.gc.stale_temp
@@ -542,8 +566,9 @@ class CacheRoot:
         removed: list[str] = []
         with self.lock():
             snap = self.load(warn=False)
+            leased = snap.manifest.leased_keys(self.clock())
             for name in names:
-                if name in snap.manifest.entries or name not in snap.listing:
+                if name in snap.manifest.entries or name not in snap.listing or name in leased:
                     continue
                 grave = self._to_trash(name)
                 if grave is not None:

@@ -130,7 +130,8 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     # what the file system really spends: tmpfs gives every file and
     # directory whole pages, and the manifest must still fit afterwards
     extra_disk = 0
-    entries = m.entries.count_hint()
+    # what the manifest write rewrites: all of it, or (sharded) the shards read
+    entries = m.entries.count_hint() if m.entries.shards is None else m.entries.in_memory()
     for b, entry in missing:
         new_files = [f for f in b.files if entry is None or f.name not in entry.files]
         need = sum(f.size for f in new_files)

@@ -69,7 +69,19 @@ class LocalTransport(Transport):
         os.chmod(path, mode)  # umask must not widen or narrow what we asked
 
     def read_bytes(self, path: str, max_bytes: int = 64 << 20) -> bytes:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted there must not block the open; only a
+        # regular file is read
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "cannot read a directory", path)
+            if not stat.S_ISREG(mode):
+                raise OSError(errno.EINVAL, "refusing to read a non-regular file", path)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
         with os.fdopen(fd, "rb") as f:
             return f.read(max_bytes)
 
