@@ -1,4 +1,4 @@
-"""rt3: gc --all and a second stager racing leased partial stages in a large
+"""Third red team (partial loads of a large root): gc --all and a second stager racing leased partial stages in a large
 root, over real sshd (threads, each with its own SSH connections)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rt3: gc between the plan and the commit of a stage in a large root
+"""Third red team (partial loads of a large root): gc between the plan and the commit of a stage in a large root
 (partial load), over real sshd nodes."""
 from __future__ import annotations
 

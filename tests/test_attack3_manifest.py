@@ -1,4 +1,4 @@
-"""rt3: lazily checked manifest records, the 1/8 threshold, old-format
+"""Third red team (partial loads of a large root): lazily checked manifest records, the 1/8 threshold, old-format
 manifests and unrecorded wanted keys, in a large root over real sshd."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rt3: what a partial load (large root) no longer reconciles: leftovers of
+"""Third red team (partial loads of a large root): what a partial load (large root) no longer reconciles: leftovers of
 a killed stager, entries removed by hand that are not probed."""
 from __future__ import annotations
 

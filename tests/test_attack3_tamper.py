@@ -1,4 +1,4 @@
-"""rt3: a wanted entry tampered with by hand between stages, in a large root
+"""Third red team (partial loads of a large root): a wanted entry tampered with by hand between stages, in a large root
 (partial load), over real sshd nodes. Served paths must be regular files,
 one link, ours, the right bytes; what is not ours is never touched."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""rt3: the root token a partial load trusts (manifest `root_token`, file
+"""Third red team (partial loads of a large root): the root token a partial load trusts (manifest `root_token`, file
 `.prng-root-<token>`), attacked in a large root over real sshd nodes."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rt4: concurrent `prng-cache stage` and `prng-cache gc` processes on one
+"""Fourth red team (sharded manifest): concurrent `prng-cache stage` and `prng-cache gc` processes on one
 root across resharding (one file -> sharded -> resharded -> back to one file),
 real thresholds (512), over real sshd nodes. No entry lost, none recorded
 missing, the manifest matches the disk, nothing crashes."""

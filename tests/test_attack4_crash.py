@@ -1,4 +1,4 @@
-"""rt4: a writer that fails or dies between the shard writes and the header
+"""Fourth red team (sharded manifest): a writer that fails or dies between the shard writes and the header
 write, over real sshd nodes. The header's counts (count, bytes, scoped) are
 then behind the shards for good: they are only ever adjusted by deltas
 against what the shards held when read."""
@@ -35,7 +35,7 @@ def fail_header_write(monkeypatch, times=1):
 
 def test_failed_header_write_leaves_bytes_drift_that_allows_overfilling_max_bytes(cluster, src, sharded,
                                                                                       monkeypatch):
-    """IMPACT: capacity.max_bytes is exceeded. A stage whose header write
+    """Found by the fourth red team (fixed): capacity.max_bytes is exceeded. A stage whose header write
     fails (after its shard writes) leaves shards recording entries the
     header's 'bytes' never counted (or, after the stage removes what it
     could not record, the next writer subtracts bytes the header never
@@ -65,7 +65,7 @@ def test_failed_header_write_leaves_bytes_drift_that_allows_overfilling_max_byte
 
 def test_failed_gc_header_write_leaves_bytes_drift_that_makes_gc_evict_too_much(cluster, src, sharded,
                                                                                   monkeypatch):
-    """IMPACT: the opposite drift. A gc whose header write fails after the
+    """Found by the fourth red team (fixed): the opposite drift. A gc whose header write fails after the
     shards dropped its victims: the header still counts their bytes (the
     victims' directories are reclaimed later as unrecorded). Every later gc
     with capacity.max_bytes evicts that many bytes too many, for good, and

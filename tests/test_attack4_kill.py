@@ -1,4 +1,4 @@
-"""rt4: a writer killed (os._exit, as SIGKILL) between two writes of a
+"""Fourth red team (sharded manifest): a writer killed (os._exit, as SIGKILL) between two writes of a
 sharded manifest, over real sshd nodes: then stage/gc/verify/status."""
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_stage_killed_between_manifest_writes(cluster, src, sharded, tmp_path, k
 
 
 def test_stage_killed_before_header_status_bytes_and_capacity_drift(cluster, src, sharded, tmp_path):
-    """IMPACT (same root cause as test_rt4_crash): after a stager is killed
+    """Found by the fourth red team (fixed; per-shard counts healed on read): after a stager is killed
     between its shard writes and its header write, the header's bytes (and
     count) stay behind the shards for good: status under-reports the cache's
     size and capacity.max_bytes / gc's eviction work from the wrong total."""

@@ -1,4 +1,4 @@
-"""rt4: a sharded root through LocalTransport (the coordinator's own host,
+"""Fourth red team (sharded manifest): a sharded root through LocalTransport (the coordinator's own host,
 ``localhost`` nodes) on /dev/shm: a shard replaced by a FIFO must not hang
 the stage (the SSH transport lstat()s first and refuses it; the local one
 opens it with O_RDONLY|O_NOFOLLOW, which blocks on a FIFO until a writer
@@ -51,7 +51,7 @@ def lowered(monkeypatch):
 
 @pytest.mark.parametrize("op", ["stage", "gc", "status"])
 def test_local_fifo_in_place_of_a_shard_does_not_hang(lowered, tmp_path, shm_root, op):
-    """IMPACT: a stage / gc / status on a localhost node hangs forever (the
+    """Found by the fourth red team (fixed): a stage / gc / status on a localhost node hangs forever (the
     coordinator's run never starts) when a shard is a FIFO."""
     d = tmp_path / "s"
     d.mkdir()

@@ -1,4 +1,4 @@
-"""rt4: the previous prng-cache (8a9ac19, format 1 only, taken from this
+"""Fourth red team (sharded manifest): the previous prng-cache (8a9ac19, format 1 only, taken from this
 repository's history) and
 this one taking turns on a sharded root (600 entries: the real thresholds,
 CLI processes), over real sshd nodes. Expected: the old one resets and

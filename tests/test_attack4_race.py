@@ -1,4 +1,4 @@
-"""rt4: a reader (stage) in flight while another writer reshards, goes back
+"""Fourth red team (sharded manifest): a reader (stage) in flight while another writer reshards, goes back
 to one file, or gc's, hit at a precise moment: after the reader read the
 header, before it reads the shards it names. Over real sshd nodes."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""rt4: a sharded manifest's files tampered with between stages, over real
+"""Fourth red team (sharded manifest): a sharded manifest's files tampered with between stages, over real
 sshd nodes. Served paths must be regular files, one link, ours, the right
 bytes; what is not ours is never modified; no traceback; leases hold."""
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_tampered_shard_file(cluster, src, sharded, case, lease):
 
 # ------------------------------------------------------------ shard directory
 def test_shard_dir_replaced_by_symlink_to_foreign_dir_is_never_written_through(cluster, src, sharded):
-    """IMPACT: foreign files modified. The current generation's directory
+    """Found by the fourth red team (fixed): foreign files modified. The current generation's directory
     is replaced by a symlink to a directory prng-cache does not own (a
     user's, holding files that happen to be named like shards). Shards are
     then read through it (distrusted: wrong content) and, worse, WRITTEN
@@ -135,7 +135,7 @@ def test_shard_dir_replaced_by_symlink_gc(cluster, src, sharded):
 
 @pytest.mark.parametrize("how", ["file", "removed"])
 def test_shard_dir_replaced_by_file_heals(cluster, src, sharded, how):
-    """IMPACT (robustness, permanent cache outage): the current generation's
+    """Found by the fourth red team (fixed; a new generation is written): the current generation's
     directory removed by hand (e.g. `rm -rf <root>/.manifest-*`, a cleanup of
     dot-directories) or replaced by a regular file. Stages stay safe (error with a reason, original paths),
     but every stage that writes the manifest fails for good ("... is a file,
@@ -161,7 +161,7 @@ def test_shard_dir_replaced_by_file_heals(cluster, src, sharded, how):
 
 # ------------------------------------------------------------ leases
 def test_garbled_shard_leased_entries_of_a_running_job_survive_gc(cluster, src, sharded):
-    """IMPACT: a running job's inputs deleted. A run holds a lease on 10
+    """Found by the fourth red team (fixed): a running job's inputs deleted. A run holds a lease on 10
     entries (the lease lives in the header, still trusted). One shard is
     garbled (or unreadable): its records are distrusted, so those leased
     entries are 'unrecorded directories of ours', and gc reclaims them once
@@ -243,8 +243,8 @@ def test_tampered_header(cluster, src, sharded, case):
 
 @pytest.mark.parametrize("how", ["garbage", "removed"])
 def test_lost_shard_records_stay_counted_in_header_for_good(cluster, src, sharded, how):
-    """IMPACT: permanent capacity/status drift (same root cause as
-    test_rt4_crash). A garbled or missing shard's records are distrusted,
+    """Found by the fourth red team (fixed): permanent capacity/status drift (same root cause as
+    test_attack4_crash). A garbled or missing shard's records are distrusted,
     but the header's count/bytes keep counting them: read_stats of a bad
     shard are (0, 0), so no delta ever takes them out. status over-reports
     for good (even after gc and stages rewrite the manifest), and
