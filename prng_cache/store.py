@@ -287,8 +287,9 @@ class NodeStore(CacheRoot):
             return fresh[0]
         if plan is not None and not published and lease is None and not plan.dropped:
             # a warm stage without a lease: when it changes nothing, the
-            # manifest is neither locked nor read again (a gc right after
-            # would find the same, lease-less entries)
+            # manifest is not locked nor written, only read again (a gc
+            # since the plan must not go unseen; one right after may remove
+            # these lease-less entries, as it always could)
             m = plan.manifest
             changed = _mark_used(m, used, scoped, now)
             if (not changed and plan.raw is not None and not plan.reset_reason and not m.entries.malformed
@@ -366,8 +367,6 @@ class NodeStore(CacheRoot):
                     if old is not None:
                         keys |= old.hashes
                     m.leases[lease.run_id] = Lease(hashes=keys, expires=now + lease.ttl, owner=self.owner)
-                if self.tokens:
-                    m.root_token = min(self.tokens)
                 self.write_manifest(m)  # only what changed (nothing: nothing written)
         finally:
             self.empty_trash(trash)
