@@ -16,10 +16,11 @@ Layout::
 
 The root may hold other people's files (the users' own ``step2/`` preload,
 anything at all). prng-cache deletes only what it can prove it created:
-entries its manifest lists, temporaries, trash and shard directories of
-other manifest generations whose name carries this root's token, and unlisted ``<key>`` directories holding this root's marker
-(a killed stager's or a reset manifest's). Everything else is "foreign":
-reported, never modified, moved, served or deleted.
+entries its manifest lists; temporaries, trash and shard directories of
+other manifest generations whose name carries this root's token; and
+unlisted ``<key>`` directories holding this root's marker (a killed
+stager's or a reset manifest's) that no live lease names. Everything else
+is "foreign": reported, never modified, moved, served or deleted.
 
 Every deletion of a ``<key>`` directory happens as a rename into ``.trash-*``
 *under the manifest lock*, after the manifest no longer lists it; only the
