@@ -208,10 +208,11 @@ class NodeStore(CacheRoot):
                         yield b, Published(b, pending_tmp=u.tmp, new_names=b.names), b.size
                     else:
                         yield b, Published(b, new_names=b.names), b.size
-                elif r[0] == "rename" and self.t.lstat(self.path(b.key)) is not None:
+                elif r[0] == "rename" and (state := self._after_failed_rename(u.tmp, b.key)) is not None:
                     # <key> exists but is not trusted (or a concurrent stager
                     # just published it): decided under the lock in commit()
-                    yield b, Published(b, pending_tmp=u.tmp, new_names=b.names), b.size
+                    yield b, (Published(b, new_names=b.names) if state == "published"
+                              else Published(b, pending_tmp=u.tmp, new_names=b.names)), b.size
                 else:
                     failed.append(u.tmp)
                     yield b, r[1], 0
@@ -254,16 +255,31 @@ class NodeStore(CacheRoot):
             try:
                 self.t.rename(tmp, self.path(bundle.key))
             except OSError:
-                if self.t.lstat(self.path(bundle.key)) is None:
+                state = self._after_failed_rename(tmp, bundle.key)
+                if state is None:
                     raise
-                # <key> exists but is not trusted (or a concurrent stager just
-                # published it): decide under the lock in commit()
-                return Published(bundle, pending_tmp=tmp, new_names=bundle.names), sent
+                if state == "pending":
+                    # <key> exists but is not trusted (or a concurrent stager
+                    # just published it): decide under the lock in commit()
+                    return Published(bundle, pending_tmp=tmp, new_names=bundle.names), sent
             return Published(bundle, new_names=bundle.names), sent
         except BaseException:
             with contextlib.suppress(Exception):
                 self.t.rmtree(tmp)
             raise
+
+    def _after_failed_rename(self, tmp: str, key: str) -> str | None:
+        """A complete ``tmp`` could not be renamed to ``<key>``: "pending"
+        when ``<key>`` exists (commit decides under the lock), "published"
+        when it did not and a second rename worked (a gc removed ``<key>``
+        in between), None when neither."""
+        if self.t.lstat(self.path(key)) is not None:
+            return "pending"
+        try:
+            self.t.rename(tmp, self.path(key))
+            return "published"
+        except OSError:
+            return "pending" if self.t.lstat(self.path(key)) is not None else None
 
     def commit(self, published: list[Published], used: set[str],
                lease: LeaseRequest | None = None,
