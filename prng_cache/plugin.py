@@ -29,6 +29,7 @@ from .cluster import Node, as_node, node_settings
 from .errors import ConfigError
 from .hookspecs import hookimpl
 from .jobs import job_id
+from .lease_keeper import LeaseKeeper
 from .nodeops import fan_out_nodes, run_on_node
 from .policy import Policy, env_disabled, load_policy
 from .reports import SERVING_STATUSES, NodeReport, copy_line, missing_inputs_line, run_report
@@ -111,6 +112,10 @@ class PrngCachePlugin:
         self._reset()
 
     def _reset(self) -> None:
+        keeper = getattr(self, "keeper", None)
+        if keeper is not None:  # a run that never ended (its coordinator skipped run_end)
+            keeper.stop()
+        self.keeper: LeaseKeeper | None = None
         self.run_id: str | None = None
         self.policy: Policy | None = None
         self.active = False
@@ -170,6 +175,10 @@ class PrngCachePlugin:
         self.staged = {h: dict(r.staged) for h, r in self.reports.items() if r.serving}
         self.routes = {n.hostname: self._route_for(n) for n in plan.nodes}
         self.active = True
+        # a run longer than gc.lease_ttl keeps its inputs: renewed until run end
+        leased = [n for n in plan.nodes if n.hostname in self.reports and self.reports[n.hostname].serving]
+        self.keeper = LeaseKeeper(run_id, leased, policy)
+        self.keeper.start()
 
     def _route_for(self, node: Node) -> _Route | None:
         rep = self.reports.get(node.hostname)
@@ -253,6 +262,8 @@ class PrngCachePlugin:
 
     def _end(self, run_id: str) -> dict:
         released: dict[str, bool | str] = {}
+        if self.keeper is not None and run_id == self.run_id:
+            self.keeper.stop()  # (a renewal never creates a lease: one after the release is a no-op)
         if self.active and self.policy is not None and self.plan is not None and run_id == self.run_id:
             policy = self.policy
             leased = [n for n in self.plan.nodes if n.hostname in self.reports and self.reports[n.hostname].serving]

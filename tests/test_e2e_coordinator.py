@@ -15,6 +15,7 @@ import pytest
 from coordinator_env import E2E, REMOTES, CoordinatorEnv
 
 from prng_cache.hookspecs import hookimpl
+from prng_cache.plugin import plugin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,6 +126,8 @@ def test_expired_lease_of_a_crashed_run_is_reclaimed(env):
     mod.plugins.hook.coordinator_run_start(run_id="crashed", nodes=coordinator.nodes, jobs=coordinator.jobs,
                                            assignments=assign)
     expires = time.time() + ttl  # the lease was written before this moment
+    # the coordinator process died: its lease renewals (a thread of it) end with it
+    plugin.keeper.stop()
     gc = [sys.executable, "-m", "prng_cache", "gc", "--all", "--json", "--config", str(env.config),
           "--policy", str(env.policy), "--node", "rig-a"]
     first = json.loads(subprocess.run(gc, capture_output=True, text=True, check=True).stdout)
