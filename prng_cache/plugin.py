@@ -19,6 +19,7 @@ argument as it is.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,14 @@ log = logging.getLogger(__name__)
 
 #: where the coordinator's cluster file is when its command line names none
 DEFAULT_CLUSTER_FILE = "distributed_config.json"
+
+
+def lease_name(run_id: str) -> str:
+    """The name of a run's lease on the nodes: the coordinator's run id and a
+    random suffix. Run ids are not unique (the users' coordinators name a run
+    by its start second): two coordinators starting the same second must
+    never share a lease, or the first to end would release the other's."""
+    return f"{run_id}~{os.urandom(4).hex()}"
 
 
 def coordinator_node(obj: Any) -> Any:
@@ -117,6 +126,7 @@ class PrngCachePlugin:
             keeper.stop()
         self.keeper: LeaseKeeper | None = None
         self.run_id: str | None = None
+        self.lease_id: str | None = None  # this run's lease on the nodes (see lease_name)
         self.policy: Policy | None = None
         self.active = False
         self.plan: RunPlan | None = None
@@ -136,12 +146,13 @@ class PrngCachePlugin:
     def coordinator_run_start(self, run_id: str, nodes: list, jobs: list, assignments: dict) -> None:
         self._reset()
         self.run_id = run_id
+        self.lease_id = lease_name(run_id)
         if env_disabled():
             log.info("prng-cache disabled by environment; jobs keep their arguments")
             return
         t0 = time.monotonic()
         try:
-            self._start(run_id, nodes, jobs, assignments)
+            self._start(self.lease_id, nodes, jobs, assignments)
         except Exception as exc:  # never into the coordinator
             log.exception("prng-cache: run start failed; every job keeps its original arguments")
             self.start_error = f"{type(exc).__name__}: {exc}"
@@ -150,7 +161,7 @@ class PrngCachePlugin:
             self.routes = {}
         self.stage_seconds = time.monotonic() - t0
 
-    def _start(self, run_id: str, nodes: list, jobs: list, assignments: Any) -> None:
+    def _start(self, lease_id: str, nodes: list, jobs: list, assignments: Any) -> None:
         policy = self._fixed_policy or load_policy()
         self.policy = policy
         if not policy.enabled:
@@ -169,7 +180,7 @@ class PrngCachePlugin:
         line = missing_inputs_line(self.missing, plan.discovery.missing_aliases)
         if line:
             log.warning("prng-cache: %s", line)
-        self.reports = plan.stage(lease=LeaseRequest(run_id, policy.gc.lease_ttl))
+        self.reports = plan.stage(lease=LeaseRequest(lease_id, policy.gc.lease_ttl))
         for host, rep in self.reports.items():
             log.info("prng-cache: %s", copy_line(host, rep))
         self.staged = {h: dict(r.staged) for h, r in self.reports.items() if r.serving}
@@ -177,7 +188,7 @@ class PrngCachePlugin:
         self.active = True
         # a run longer than gc.lease_ttl keeps its inputs: renewed until run end
         leased = [n for n in plan.nodes if n.hostname in self.reports and self.reports[n.hostname].serving]
-        self.keeper = LeaseKeeper(run_id, leased, policy)
+        self.keeper = LeaseKeeper(lease_id, leased, policy)
         self.keeper.start()
 
     def _route_for(self, node: Node) -> _Route | None:
@@ -266,12 +277,13 @@ class PrngCachePlugin:
             self.keeper.stop()  # (a renewal never creates a lease: one after the release is a no-op)
         if self.active and self.policy is not None and self.plan is not None and run_id == self.run_id:
             policy = self.policy
+            lease_id = self.lease_id
             leased = [n for n in self.plan.nodes if n.hostname in self.reports and self.reports[n.hostname].serving]
 
             def release(node: Node) -> bool | NodeReport:
                 # never write through a root that changed since the stage
                 return run_on_node(node, policy,
-                                   lambda store: store.ensure_root(create=False) and store.release(run_id))
+                                   lambda store: store.ensure_root(create=False) and store.release(lease_id))
 
             for node, res in zip(leased, fan_out_nodes(leased, policy, release)):
                 # a lease that cannot be released now simply expires (gc.lease_ttl)

@@ -134,7 +134,8 @@ def test_expired_lease_of_a_crashed_run_is_reclaimed(env):
     assert first["nodes"]["rig-a"]["kept_leased"] == 3 and first["nodes"]["rig-a"]["removed"] == 0
     time.sleep(max(0.0, expires - time.time()) + 0.3)
     second = json.loads(subprocess.run(gc, capture_output=True, text=True, check=True).stdout)
-    assert second["nodes"]["rig-a"]["removed"] == 3 and second["nodes"]["rig-a"]["expired_leases"] == ["crashed"]
+    assert second["nodes"]["rig-a"]["removed"] == 3 and second["nodes"]["rig-a"]["expired_leases"] == [plugin.lease_id]
+    assert plugin.lease_id.startswith("crashed~")
 
 
 def test_disabled_cache_behaves_as_without_plugin(env, monkeypatch):

@@ -59,10 +59,10 @@ def test_a_run_longer_than_the_lease_ttl_keeps_its_inputs_until_run_end(env):
     keeper = plugin_mod.plugin.keeper
     assert keeper is not None and [n.hostname for n in keeper.nodes] == ["rig-a"]
     assert keeper.interval == pytest.approx(ttl / 3)
-    first = lease_expiry(env.cluster["rig-a"], "long")
+    first = lease_expiry(env.cluster["rig-a"], plugin_mod.plugin.lease_id)
     time.sleep(2.5 * ttl)  # the lease as first written is long gone
     assert keeper.renewals >= 2 and keeper.last == {"rig-a": True}
-    renewed = lease_expiry(env.cluster["rig-a"], "long")
+    renewed = lease_expiry(env.cluster["rig-a"], plugin_mod.plugin.lease_id)
     assert first is not None and renewed is not None and renewed > first + ttl
     doc = gc_all(env, "rig-a")
     assert doc["removed"] == 0 and doc["kept_leased"] == 3 and doc["expired_leases"] == []
@@ -72,7 +72,7 @@ def test_a_run_longer_than_the_lease_ttl_keeps_its_inputs_until_run_end(env):
     n = keeper.renewals
     time.sleep(keeper.interval + 0.5)
     assert keeper.renewals == n  # stopped at run end
-    assert lease_expiry(env.cluster["rig-a"], "long") is None
+    assert lease_expiry(env.cluster["rig-a"], plugin_mod.plugin.lease_id) is None
     assert gc_all(env, "rig-a")["removed"] == 3
 
 

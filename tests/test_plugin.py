@@ -77,7 +77,8 @@ def test_run_rewrites_leases_and_releases(setup):
     originals = copy.deepcopy(jobs)
     pm.hook.coordinator_run_start(run_id="r1", nodes=[node], jobs=jobs, assignments={"localhost": jobs})
     m = manifest(root)
-    assert set(m.leases) == {"r1"} and len(m.leases["r1"].hashes) == 2
+    (lease,) = m.leases  # named after the run, never shared with another coordinator's run of that id
+    assert lease.startswith("r1~") and len(m.leases[lease].hashes) == 2
     args = pm.hook.coordinator_job_args(node=node, job=jobs[0])
     assert args[0].startswith(root) and args[0].endswith("/survivors.npz")
     assert os.path.exists(os.path.join(os.path.dirname(args[0]), "optimal_window_config.json"))
