@@ -180,6 +180,7 @@ class PrngCachePlugin:
         line = missing_inputs_line(self.missing, plan.discovery.missing_aliases)
         if line:
             log.warning("prng-cache: %s", line)
+        leased_since = time.monotonic()  # every lease of this stage is written after this
         self.reports = plan.stage(lease=LeaseRequest(lease_id, policy.gc.lease_ttl))
         for host, rep in self.reports.items():
             log.info("prng-cache: %s", copy_line(host, rep))
@@ -188,7 +189,7 @@ class PrngCachePlugin:
         self.active = True
         # a run longer than gc.lease_ttl keeps its inputs: renewed until run end
         leased = [n for n in plan.nodes if n.hostname in self.reports and self.reports[n.hostname].serving]
-        self.keeper = LeaseKeeper(lease_id, leased, policy)
+        self.keeper = LeaseKeeper(lease_id, leased, policy, since=leased_since)
         self.keeper.start()
 
     def _route_for(self, node: Node) -> _Route | None:

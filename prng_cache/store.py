@@ -430,24 +430,24 @@ class NodeStore(CacheRoot):
             self.empty_trash(graves)
         return lease is not None
 
-    def renew(self, run_id: str, ttl: float) -> bool:
-        """Extend the live lease of ``run_id`` to expire ``ttl`` from now
-        (never earlier than it did). False when there is no lease of that
-        run: released, or expired and dropped, or the node was wiped; a
-        renewal never creates one (what it would protect may be gone)."""
+    def renew(self, run_id: str, ttl: float) -> str:
+        """Extend the lease of ``run_id`` to expire ``ttl`` from now (never
+        earlier than it did): "renewed"; "lapsed" when it had expired
+        (renewed too: what is left stays protected, but a gc meanwhile may
+        have collected some of it); "gone" when there is no lease of that
+        run (released, expired and dropped, node wiped): a renewal never
+        creates one."""
         now = self.clock()
         with self.lock():
             # of a large root: the header alone (the leases live there)
             m = self.load(warn=False, wanted=lambda m: [], probe=lambda m: []).manifest
             lease = m.leases.get(run_id)
             if lease is None:
-                return False
-            if lease.expires <= now:
-                log.warning("%s: the lease of run %s had lapsed %.0f s ago; renewed (a gc meanwhile may "
-                            "have collected some of its inputs)", self.host, run_id, now - lease.expires)
+                return "gone"
+            lapsed = lease.expires <= now
             lease.expires = max(lease.expires, now + ttl)
             self.write_manifest(m)
-        return True
+        return "lapsed" if lapsed else "renewed"
 
     def drop_orphaned_run_scoped(self, keep: set[str]) -> list[str]:
         """Remove run-scoped entries whose runs ended or crashed (no live
