@@ -106,9 +106,13 @@ def discover(
     base_dir: str,
     memo: HashMemo | None = None,
     min_jobs: int | None = None,
+    presend: Any = None,
 ) -> Discovery:
     """Which files the jobs read (coordinator paths, relative names resolved
     against ``base_dir``), which of them to cache, and their keys.
+    ``presend``: told each input of at least ``presend.presend_min`` bytes
+    that is about to be read to learn its hash (``presend.presend(path)``:
+    :class:`~prng_cache.prewarm.EarlyConnections` sends it meanwhile).
 
     An argument under an ``inputs.path_aliases`` prefix stands for the
     aliased file (``{script_path}`` is ``base_dir`` here): that file is
@@ -183,10 +187,14 @@ def discover(
     def file_entry(src: str, name: str) -> BundleFile:
         if src not in hashed:
             try:
-                size = os.stat(src).st_size  # before hashing: never read what we skip
+                st = os.stat(src)
+                size = st.st_size  # before hashing: never read what we skip
                 if size > policy.max_file_size:
                     hashed[src] = f"{src}: {size} bytes, over max_file_size {policy.max_file_size}"
                 else:
+                    if (presend is not None and size >= presend.presend_min
+                            and (memo is None or memo.lookup(st) is None)):
+                        presend.presend(src)  # a big new input: sent to the nodes while hashed
                     digest, st = hash_and_stat(src, memo)
                     hashed[src] = (digest, st.st_size)
             except HashError as e:

@@ -40,7 +40,15 @@ def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R],
     try:
         t = early.take(node) if early is not None else None
         with (t or open_transport(node, policy)) as t, cancel.tracked(t):
-            return fn(NodeStore(t, settings, policy.gc))
+            store = NodeStore(t, settings, policy.gc)
+            if early is not None:
+                store.presends, notes = early.handed_over(node)
+                store.notes.extend(notes)
+            try:
+                return fn(store)
+            finally:
+                # sent early and not published (not needed, or the stage failed)
+                store.empty_trash([p.tmp for p in store.presends.values()])
     except Exception as exc:  # never let one node take the others down
         if cancel.cancelled():  # aborted by Ctrl-C: not this node's fault
             log.debug("%s: interrupted: %s", node.hostname, exc)

@@ -198,7 +198,7 @@ def plan_run(jobs: Sequence[Any], nodes: Iterable[Any], policy: Policy, *,
         early = EarlyConnections(soon, policy)
     try:
         disc = discover(jobs, policy.inputs, root, memo=memo if memo is not None else HashMemo(),
-                        min_jobs=min_jobs)
+                        min_jobs=min_jobs, presend=early)
     except BaseException:
         if early is not None:
             early.close()

@@ -125,6 +125,9 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
     # headroom: decide up front what fits, in the order given (most shared first)
     cap = store.settings.capacity
     usage = store.t.disk_usage(store.root)
+    if store.presends:  # sent early: published below, or removed; counted once, as needs
+        early = sum(_pages(p.size) + 2 * PAGE for p in store.presends.values())
+        usage = replace(usage, used=max(0, usage.used - early))
     planned: list[tuple[Bundle, Any]] = []
     extra = 0  # content bytes (capacity.max_bytes counts these)
     # what the file system really spends: tmpfs gives every file and

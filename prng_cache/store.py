@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from . import cancel
 from .errors import HashError, IntegrityError, NodeError
@@ -54,6 +55,15 @@ class Published:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """What :meth:`NodeStore.send_file` copied."""
+    size: int
+    digest: str
+    before: os.stat_result  # the file's stat when it was opened
+    unchanged: bool  # the same file, untouched, from open to the end of the copy
+
+
+@dataclass(frozen=True)
 class LeaseRequest:
     run_id: str
     ttl: float
@@ -62,6 +72,13 @@ class LeaseRequest:
 class NodeStore(CacheRoot):
     """One node's cache root: what it serves, publishing into it, leases.
     Not thread-safe (neither is its Transport)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        #: big inputs sent while they were hashed (path -> prewarm.Presend):
+        #: :meth:`publish` takes the one a new entry needs; the caller
+        #: removes the rest
+        self.presends: dict = {}
 
     def ram_path(self, bundle: Bundle) -> str:
         return bundle.ram_path(self.root)
@@ -106,10 +123,24 @@ class NodeStore(CacheRoot):
         and the upload is refused, so nothing is ever published under a hash
         that does not match its bytes.
         """
+        sent = self.send_file(src.src, dst)
+        if sent.size != src.size or sent.digest != src.hash or not sent.unchanged:
+            # the memo vouched for bytes this file no longer has: forget it,
+            # or the input would fall back at every later stage
+            with contextlib.suppress(Exception):
+                HashMemo().invalidate(sent.before)
+            raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
+        return sent.size
+
+    def send_file(self, path: str, dst: str, check: Callable[[], None] = cancel.check) -> "Sent":
+        """Copy ``path`` to ``dst`` (created read-only), hashing the bytes as
+        they are sent: what was sent, its xxh3-128, and whether the file
+        stayed the same while it was read. ``check`` runs between chunks
+        (Ctrl-C: it raises)."""
         hasher = StreamHasher()
         sent = 0
         try:
-            f, before = open_regular(src.src)  # never blocks on a FIFO swapped in
+            f, before = open_regular(path)  # never blocks on a FIFO swapped in
         except HashError as exc:
             raise IntegrityError(self.host, f"cannot read {exc}") from exc
         buf = borrow_buffer()  # page-aligned: the kernel's copy into it is fastest
@@ -120,7 +151,7 @@ class NodeStore(CacheRoot):
                 # shared inputs): no chmod round trip after the upload
                 with self.t.open_write(dst, 0o400) as out:
                     while True:
-                        cancel.check()  # Ctrl-C: stop between chunks
+                        check()
                         n = f.readinto(buf)
                         if not n:
                             break
@@ -132,17 +163,11 @@ class NodeStore(CacheRoot):
             view.release()
             return_buffer(buf)
         try:
-            now = file_identity(os.stat(src.src))
+            now = file_identity(os.stat(path))
         except OSError:
             now = None
-        if (sent != src.size or hasher.hexdigest() != src.hash
-                or file_identity(after) != file_identity(before) or now != file_identity(before)):
-            # the memo vouched for bytes this file no longer has: forget it,
-            # or the input would fall back at every later stage
-            with contextlib.suppress(Exception):
-                HashMemo().invalidate(before)
-            raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
-        return sent
+        return Sent(sent, hasher.hexdigest(), before,
+                    file_identity(after) == file_identity(before) == now)
 
     def read_verified(self, src: BundleFile) -> bytes:
         """The whole of a small input, proven to be the bytes that were hashed
@@ -242,14 +267,20 @@ class NodeStore(CacheRoot):
                 self.empty_trash([t for t, _ in done])
                 raise
             return Published(bundle, new_names=tuple(f.name for f in missing), pending_files=tuple(done)), sent
-        tmp = self.path(self.tmp_name())
-        self.t.mkdir(tmp, 0o700)
+        early = self._presend_for(bundle)
+        if early is not None:
+            # sent while it was hashed, into a temporary holding the marker
+            tmp, sent, todo = early.tmp, early.size, [f for f in bundle.files if f.src != early.path]
+        else:
+            tmp, sent, todo = self.path(self.tmp_name()), 0, list(bundle.files)
+            self.t.mkdir(tmp, 0o700)
         try:
-            # the marker proves, after a manifest reset or a killed stager,
-            # that this directory is ours to reclaim
-            with self.t.open_write(f"{tmp}/{MARKER_PREFIX}{self.token}", 0o400):
-                pass
-            sent = sum(self.upload_file(f, f"{tmp}/{f.name}") for f in bundle.files)
+            if early is None:
+                # the marker proves, after a manifest reset or a killed
+                # stager, that this directory is ours to reclaim
+                with self.t.open_write(f"{tmp}/{MARKER_PREFIX}{self.token}", 0o400):
+                    pass
+            sent += sum(self.upload_file(f, f"{tmp}/{f.name}") for f in todo)
             if key_exists:  # a rename would replace an empty <key> directory
                 return Published(bundle, pending_tmp=tmp, new_names=bundle.names), sent
             try:
@@ -267,6 +298,25 @@ class NodeStore(CacheRoot):
             with contextlib.suppress(Exception):
                 self.t.rmtree(tmp)
             raise
+
+    def _presend_for(self, bundle: Bundle):
+        """The early send (see :mod:`~prng_cache.prewarm`) of one of the
+        bundle's files, taken, when what was sent hashes to that file's key
+        part (the same proof as :meth:`upload_file`'s) under the same name."""
+        for f in bundle.files:
+            p = self.presends.get(f.src)
+            if p is not None and (p.digest, p.size, p.name) == (f.hash, f.size, f.name):
+                del self.presends[f.src]
+                # still there as sent (a wiped root, a hand-removed temporary:
+                # then uploaded again, as without the early send)
+                info = self.t.lstat(f"{p.tmp}/{p.name}")
+                if info is None or not info.is_file or info.size != p.size or (info.nlink or 1) > 1:
+                    log.warning("%s: %s sent early is gone or changed; sending it again", self.host, f.src)
+                    self.empty_trash([p.tmp])
+                    return None
+                log.info("%s: %s was sent while it was hashed", self.host, f.src)
+                return p
+        return None
 
     def _after_failed_rename(self, tmp: str, key: str) -> str | None:
         """A complete ``tmp`` could not be renamed to ``<key>``: "pending"
