@@ -16,8 +16,9 @@ in one run, interleaved so that the machine's drift hits both sides:
    ``open_write`` of ``--route-mib`` MiB from memory, all statuses checked,
    on an established connection.
 
-Every stage here is measured as the CLI does it: discover + hash (memo) +
-stage. Usage (root, openssh-server installed):
+Every stage here is measured as the CLI does it: discover + hash (memo),
+the nodes connected meanwhile (and a big new input sent to them while it
+is hashed), then stage. Usage (root, openssh-server installed):
 
     python3 benchmarks/bench_ssh_staging.py [--big-mib 1024] [--repeats 3] [--route-mib 256]
 
@@ -56,9 +57,8 @@ CHILD = r"""
 import json, sys, time
 from prng_cache.cluster import Node
 from prng_cache.hashing import HashMemo
-from prng_cache.inputs import discover
 from prng_cache.policy import CapacityPolicy, InputsPolicy, NodeOverride, Policy, TransportPolicy
-from prng_cache.staging import stage_cluster
+from prng_cache.run import plan_run
 
 def rss(field):
     for line in open("/proc/self/status"):
@@ -66,14 +66,18 @@ def rss(field):
             return int(line.split()[1]) * 1024
 a = json.loads(sys.argv[1])
 policy = Policy(transport=TransportPolicy(**a["transport"]), capacity=CapacityPolicy(max_percent=100.0),
+                inputs=InputsPolicy(min_jobs=1, base_dir="/"),
                 nodes=(NodeOverride(a["host"], mode="cache", cache_root=a["root"]),))
 import paramiko  # imported before the baseline: its size is not staging's
 before = rss("VmRSS:")
 t0 = time.perf_counter()
-d = discover([{"job_id": 1, "script": "w", "args": [a["path"]], "expected_output": "o"}],
-             InputsPolicy(min_jobs=1), "/", memo=HashMemo(a["memo"]))
+# as `prng-cache stage` and the plugin do it: the node connected (and a big
+# new input sent to it) while the input is hashed
+node = Node(a["host"], a["user"])
+plan = plan_run([{"job_id": 1, "script": "w", "args": [a["path"]], "expected_output": "o"}], [node], policy,
+                min_jobs=1, memo=HashMemo(a["memo"]), connect_early=[node])
 t1 = time.perf_counter()
-rep = stage_cluster([Node(a["host"], a["user"])], lambda n: list(d.bundles.values()), policy)[a["host"]]
+rep = plan.stage()[a["host"]]
 t2 = time.perf_counter()
 print(json.dumps({"status": rep.status, "reason": rep.reason, "bytes": rep.copied_bytes,
                   "hash_s": t1 - t0, "stage_s": t2 - t1, "rss_before": before, "rss_peak": rss("VmHWM:")}))
@@ -226,7 +230,7 @@ def main() -> int:
 SSH staging, 2 nodes, median of {a.repeats} (same run, interleaved)
   warm stage, 4 inputs         {doc['warm_stage_s'] * 1000:8.1f} ms   preload checks {doc['preload_checks_s'] * 1000:8.1f} ms   -> {doc['warm_speedup']:.1f}x faster (target >= 20x), {doc['bytes_warm']} bytes moved
   cold stage, 4 inputs ~312 KB {doc['cold_stage_s'] * 1000:8.1f} ms   scp per file   {doc['scp_per_file_s'] * 1000:8.1f} ms   -> {doc['cold_speedup']:.1f}x faster (target >= 5x)
-  {a.big_mib} MiB input, 1 node       {doc['big_stage_mb_s']:8.1f} MB/s scp            {doc['big_scp_mb_s']:8.1f} MB/s -> {doc['big_throughput_ratio']:.2f}x scp (target >= 1.0x; includes hashing {doc['big_hash_s']:.2f} s)
+  {a.big_mib} MiB input, 1 node       {doc['big_stage_mb_s']:8.1f} MB/s scp            {doc['big_scp_mb_s']:8.1f} MB/s -> {doc['big_throughput_ratio']:.2f}x scp (issue 12 goal >= 1.2x; hashing included: planning took {doc['big_hash_s']:.2f} s, the upload running meanwhile)
   client memory while staging  {doc['client_mem_mib']:8.1f} MiB above baseline (target < 64 MiB)
   upload {a.route_mib} MiB, 1 node      {doc['upload_forwarder_mb_s']:8.1f} MB/s through a jump host (sshtunnel forwarder), direct {doc['upload_direct_mb_s']:8.1f} MB/s -> {doc['forwarder_vs_direct']:.2f}x direct""")
     os.makedirs(a.out, exist_ok=True)

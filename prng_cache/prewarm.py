@@ -66,6 +66,7 @@ class _Slot:
     sends: bool = True  # False for the second alias of one machine and root
     presends: dict[str, Presend] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the presend's root check changed
+    connected: threading.Event = field(default_factory=threading.Event)  # tried (either way)
 
 
 class EarlyConnections:
@@ -105,7 +106,9 @@ class EarlyConnections:
             t.expect_batches()
         except BaseException as exc:  # reported by the stage that takes it
             slot.box.append(exc)
+            slot.connected.set()
             return
+        slot.connected.set()
         done = 0
         while True:
             with self._wake:

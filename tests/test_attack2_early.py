@@ -281,7 +281,7 @@ def test_plan_run_early_without_stage_leaks(cluster, src, monkeypatch):
     plan = plan_run(jobs_for(sorted(src.iterdir())), nodes, policy, min_jobs=1, connect_early=nodes)
     early = plan.early
     for h in ("rig-a", "rig-b"):
-        early._slots[h][0].join(10)
+        early._slots[h].connected.wait(10)
     del plan
     gc.collect()
     time.sleep(0.5)
