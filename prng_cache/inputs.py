@@ -194,7 +194,7 @@ def discover(
                 else:
                     if (presend is not None and size >= presend.presend_min
                             and (memo is None or memo.lookup(st) is None)):
-                        presend.presend(src)  # a big new input: sent to the nodes while hashed
+                        presend.presend(src, users)  # a big new input: sent to its nodes while hashed
                     digest, st = hash_and_stat(src, memo)
                     hashed[src] = (digest, st.st_size)
             except HashError as e:
@@ -237,6 +237,7 @@ def discover(
             # Caching without it would make the job fail where it would not have.
             d.skipped[p] = f"companion {missing[0]} missing"
             continue
+        users = jobs_of_file[ident[p]]  # (the nodes running them get big new inputs early)
         try:
             files = (file_entry(p, name), *(file_entry(src, c) for c, src in sibs))
         except _Skip as e:

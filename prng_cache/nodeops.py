@@ -47,8 +47,8 @@ def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R],
             try:
                 return fn(store)
             finally:
-                # sent early and not published (not needed, or the stage failed)
-                store.empty_trash([p.tmp for p in store.presends.values()])
+                if store.presends:  # sent early and not published (not needed, or the stage failed)
+                    remove_presends(store)
     except Exception as exc:  # never let one node take the others down
         if cancel.cancelled():  # aborted by Ctrl-C: not this node's fault
             log.debug("%s: interrupted: %s", node.hostname, exc)
@@ -59,6 +59,18 @@ def run_on_node(node: Node, policy: Policy, fn: Callable[[NodeStore], R],
             log.exception("%s: unexpected error", node.hostname)
         log.warning("%s: error: %s", node.hostname, err.problem)
         return NodeReport(host=node.hostname, status="error", cache_root=settings.cache_root, reason=err.problem)
+
+
+def remove_presends(store: NodeStore) -> None:
+    """Remove what was sent early and not published, only through a root
+    that is still what the stage accepted (else gc reclaims it later)."""
+    try:
+        store.check_root()
+    except Exception as exc:
+        log.warning("%s: left %d early copy(ies) for gc: %s", store.host, len(store.presends), exc)
+        return
+    store.empty_trash([p.tmp for p in store.presends.values()])
+    store.presends = {}
 
 
 def fan_out_nodes(nodes: Sequence[Node], policy: Policy, fn: Callable[[Node], R]) -> list[R]:

@@ -27,6 +27,8 @@ import contextlib
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -66,6 +68,7 @@ class _Slot:
     sends: bool = True  # False for the second alias of one machine and root
     presends: dict[str, Presend] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the presend's root check changed
+    store: object = None  # the NodeStore of its presends (root checked, tokens known)
     connected: threading.Event = field(default_factory=threading.Event)  # tried (either way)
 
 
@@ -73,11 +76,17 @@ class EarlyConnections:
     """One background connection per cache-mode remote node; handed over
     once (:meth:`take`), the rest closed by :meth:`close`."""
 
-    def __init__(self, nodes: Sequence[Node], policy: Policy):
+    def __init__(self, nodes: Sequence[Node], policy: Policy,
+                 jobs_of: Mapping[str, set[str]] | None = None):
+        """``jobs_of``: host -> the ids of the jobs it will run (a big input
+        is sent early only to the nodes whose jobs read it); None: every
+        node stages every input."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
-        self._queue: list[str] = []  # inputs to send early, in order
+        self._queue: list[tuple[str, frozenset[str] | None]] = []  # (input, its jobs), in order
+        self._jobs_of = jobs_of
+        self.nodes = [n for n in nodes]
         self._slots: dict[str, _Slot] = {}
         self._taken: dict[str, _Slot] = {}  # taken, their presends not yet handed over
         self.presend_min = PRESEND_MIN
@@ -120,15 +129,16 @@ class EarlyConnections:
                 if done == len(self._queue):  # taken, every input sent
                     slot.box.append(t)
                     return
-                path = self._queue[done]
+                path, users = self._queue[done]
             done += 1
-            if slot.sends:
+            wanted = (users is None or self._jobs_of is None
+                      or not users.isdisjoint(self._jobs_of.get(node.hostname, ())))
+            if slot.sends and wanted:
                 self._presend(t, node, policy, slot, path)
 
     def _presend(self, t: Transport, node: Node, policy: Policy, slot: _Slot, path: str) -> None:
         from .store import MARKER_PREFIX, NodeStore  # (the store imports the cluster's modules)
 
-        store = NodeStore(t, node_settings(policy, node), policy.gc)
         tmp = None
 
         def check() -> None:
@@ -139,9 +149,13 @@ class EarlyConnections:
         try:
             with cancel.tracked(t):
                 size = os.stat(path).st_size
-                store.ensure_root()
-                if not slot.notes:
+                store = slot.store
+                if store is None:
+                    store = NodeStore(t, node_settings(policy, node), policy.gc)
+                    store.ensure_root()
                     slot.notes.extend(store.notes)
+                    store.refresh_tokens()  # the root's own token, never a new one
+                    slot.store = store
                 if not _fits(store, size):
                     log.debug("%s: %s not sent early: the stage decides whether it fits", node.hostname, path)
                     return
@@ -152,7 +166,8 @@ class EarlyConnections:
                 with t.open_write(f"{tmp}/{MARKER_PREFIX}{store.token}", 0o400):
                     pass
                 name = os.path.basename(path)
-                sent = store.send_file(path, f"{tmp}/{name}", check)
+                # never more than was stat'ed: a file still growing is not sent past its room
+                sent = store.send_file(path, f"{tmp}/{name}", check, limit=size)
             if not sent.unchanged:
                 raise _Stopped(f"{path} changed while it was sent")
             slot.presends[path] = Presend(path, tmp, name, sent.digest, sent.size)
@@ -166,21 +181,29 @@ class EarlyConnections:
 
     @staticmethod
     def _discard(t: Transport, slot: _Slot) -> None:
-        for p in slot.presends.values():
-            with contextlib.suppress(Exception):
-                t.rmtree(p.tmp)
+        if slot.presends:
+            from .nodeops import remove_presends
+
+            slot.store.presends = slot.presends
+            remove_presends(slot.store)
         slot.presends.clear()
         with contextlib.suppress(Exception):
             t.close()
 
     # ------------------------------------------------------------ the caller's side
-    def presend(self, path: str) -> None:
-        """Start sending ``path`` (a big input about to be hashed) to every
-        node; :meth:`take` waits for it."""
+    def presend(self, path: str, users: Iterable[str] | None = None) -> None:
+        """Start sending ``path`` (a big input about to be hashed) to the
+        nodes that run one of ``users`` (job ids; None: every node);
+        :meth:`take` waits for it."""
         with self._wake:
             if not self._closed and self._slots:
-                self._queue.append(path)
+                self._queue.append((path, frozenset(users) if users is not None else None))
                 self._wake.notify_all()
+
+    @property
+    def sent_early(self) -> bool:
+        """Whether any input was to be sent early (temporaries may exist)."""
+        return bool(self._queue)
 
     def take(self, node: Node) -> Transport | None:
         """``node``'s transport (connected, every presend done), waiting for
@@ -207,14 +230,18 @@ class EarlyConnections:
         slot = self._taken.pop(node.hostname, None)
         return (dict(slot.presends), list(slot.notes)) if slot is not None else ({}, [])
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
         """Close what was not taken (a node not staged after all), removing
         what was sent to it early; threads still connecting or sending
-        close theirs when they stop (at the next chunk)."""
+        close theirs when they stop (at the next chunk). ``wait``: seconds
+        to wait for them (an interrupted process is about to exit)."""
         with self._wake:
             self._closed = True
             slots, self._slots = self._slots, {}
             self._wake.notify_all()
+        deadline = time.monotonic() + wait
+        for slot in slots.values():
+            slot.thread.join(max(0.0, deadline - time.monotonic()))
         # a thread hands over its transport under the lock, and only while
         # not closed: what is in a box now is ours to close, what is not
         # there yet its thread closes

@@ -21,6 +21,7 @@ from .inputs import Discovery, discover
 from .jobs import job_args, job_expected_output, job_id, job_payload, payload_values
 from .localstate import CacheIdRecord
 from .model import Bundle
+from .nodeops import remove_own_temporaries
 from .policy import Policy
 from .prewarm import EarlyConnections
 from .reports import NodeReport
@@ -195,13 +196,19 @@ def plan_run(jobs: Sequence[Any], nodes: Iterable[Any], policy: Policy, *,
     if connect_early and policy.enabled:
         soon = (RunPlan(policy, cluster, root, Discovery(), assignments).targets if connect_early is True
                 else [as_node(n) for n in connect_early])
-        early = EarlyConnections(soon, policy)
+        jobs_of = ({host: {job_id(j) for j in js} for host, js in assignments.items()}
+                   if assignments is not None else None)
+        early = EarlyConnections(soon, policy, jobs_of)
     try:
         disc = discover(jobs, policy.inputs, root, memo=memo if memo is not None else HashMemo(),
                         min_jobs=min_jobs, presend=early)
-    except BaseException:
+    except BaseException as exc:
         if early is not None:
-            early.close()
+            interrupted = isinstance(exc, KeyboardInterrupt) and early.sent_early
+            # an interrupted process exits next: what was sent early goes first
+            early.close(wait=2.0 if interrupted else 0.0)
+            if interrupted:
+                remove_own_temporaries(early.nodes, policy)
         raise
     by_job: dict[str, set[str]] = {}
     for path in disc.bundles:

@@ -124,8 +124,13 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
 
     # headroom: decide up front what fits, in the order given (most shared first)
     cap = store.settings.capacity
+    if store.presends:
+        # sent early: what a new entry will be published from stays (and is
+        # counted once, as that entry's need); the rest goes before anything
+        # else is written
+        _keep_presends(store, [b for b, entry in missing if entry is None])
     usage = store.t.disk_usage(store.root)
-    if store.presends:  # sent early: published below, or removed; counted once, as needs
+    if store.presends:
         early = sum(_pages(p.size) + 2 * PAGE for p in store.presends.values())
         usage = replace(usage, used=max(0, usage.used - early))
     planned: list[tuple[Bundle, Any]] = []
@@ -150,6 +155,8 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
             extra += need
             extra_disk += need_disk
             entries += entry is None
+    if store.presends:  # of inputs that do not fit: their room is given back now
+        _keep_presends(store, [b for b, _ in planned])
     if usage.total and (usage.used + extra_disk) > usage.total * cap.warn_percent / 100.0:
         pct = 100.0 * (usage.used + extra_disk) / usage.total
         rep.warnings.append(f"/dev/shm use {pct:.0f}% is above capacity.warn_percent ({cap.warn_percent:g}%)")
@@ -214,6 +221,21 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
         rep.reason = f"{len(rep.skipped)} input(s) not staged: " + "; ".join(
             sorted({r for r in rep.skipped.values()}))
     return rep
+
+
+def _keep_presends(store: NodeStore, bundles: list[Bundle]) -> None:
+    """Keep the early sends ``store.publish`` will take for ``bundles`` (one
+    per bundle, as it takes them); remove the others."""
+    keep = {}
+    for b in bundles:
+        for f in b.files:
+            p = store.presends.get(f.src)
+            if p is not None and (p.digest, p.size, p.name) == (f.hash, f.size, f.name):
+                keep[f.src] = p
+                break
+    drop = [p.tmp for src, p in store.presends.items() if src not in keep]
+    store.presends = keep
+    store.empty_trash(drop)
 
 
 #: the allocation unit assumed for the cache root's file system (tmpfs: a page)

@@ -123,7 +123,7 @@ class NodeStore(CacheRoot):
         and the upload is refused, so nothing is ever published under a hash
         that does not match its bytes.
         """
-        sent = self.send_file(src.src, dst)
+        sent = self.send_file(src.src, dst, limit=src.size)
         if sent.size != src.size or sent.digest != src.hash or not sent.unchanged:
             # the memo vouched for bytes this file no longer has: forget it,
             # or the input would fall back at every later stage
@@ -132,11 +132,14 @@ class NodeStore(CacheRoot):
             raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
         return sent.size
 
-    def send_file(self, path: str, dst: str, check: Callable[[], None] = cancel.check) -> "Sent":
+    def send_file(self, path: str, dst: str, check: Callable[[], None] = cancel.check, *,
+                  limit: int | None = None) -> "Sent":
         """Copy ``path`` to ``dst`` (created read-only), hashing the bytes as
         they are sent: what was sent, its xxh3-128, and whether the file
         stayed the same while it was read. ``check`` runs between chunks
-        (Ctrl-C: it raises)."""
+        (Ctrl-C: it raises). ``limit``: the size the file should have; a
+        file found longer (still being written) is not sent past it (the
+        node's room was planned for ``limit``) and counts as changed."""
         hasher = StreamHasher()
         sent = 0
         try:
@@ -150,10 +153,14 @@ class NodeStore(CacheRoot):
                 # read-only from the start (jobs must not be able to change
                 # shared inputs): no chmod round trip after the upload
                 with self.t.open_write(dst, 0o400) as out:
+                    grew = False
                     while True:
                         check()
                         n = f.readinto(buf)
                         if not n:
+                            break
+                        if limit is not None and sent + n > limit:
+                            grew = True  # refused by the caller: what is sent need not be complete
                             break
                         hasher.update(view[:n])
                         out.write(view[:n])
@@ -167,7 +174,7 @@ class NodeStore(CacheRoot):
         except OSError:
             now = None
         return Sent(sent, hasher.hexdigest(), before,
-                    file_identity(after) == file_identity(before) == now)
+                    not grew and file_identity(after) == file_identity(before) == now)
 
     def read_verified(self, src: BundleFile) -> bytes:
         """The whole of a small input, proven to be the bytes that were hashed

@@ -107,8 +107,8 @@ def test_an_input_changed_after_it_was_sent_is_never_published_from_the_early_co
     f = big / "big.json"
     real_send = prewarm.EarlyConnections.presend
 
-    def presend_then_change(self, path):
-        real_send(self, path)
+    def presend_then_change(self, path, users=None):
+        real_send(self, path, users)
         for slot in list(self._slots.values()):  # wait until every node has sent the old bytes
             with self._wake:
                 slot.taken = True
