@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Callable, Sequence
 
 from .cluster import Node, fan_out
@@ -32,6 +33,16 @@ log = logging.getLogger(__name__)
 RENEW_FRACTION = 1 / 4
 #: never more often than this (a tiny test TTL must not turn into a busy loop)
 MIN_INTERVAL = 0.5
+
+
+#: every keeper started and not yet stopped (see :func:`stop_all`)
+_running: "weakref.WeakSet[LeaseKeeper]" = weakref.WeakSet()
+
+
+def stop_all() -> None:
+    """Stop every keeper of this process (a test's runs that never ended)."""
+    for keeper in list(_running):
+        keeper.stop()
 
 
 class LeaseKeeper:
@@ -67,12 +78,14 @@ class LeaseKeeper:
         if self._thread is None and self.nodes:
             self._thread = threading.Thread(target=self._loop, name=f"prng-cache-lease-{self.lease_id}",
                                             daemon=True)  # a coordinator that exits is never held up
+            _running.add(self)
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop renewing; waits up to ``timeout`` for a renewal in progress
         (its connections are bounded by the transport timeouts)."""
         self._stop.set()
+        _running.discard(self)
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)

@@ -123,13 +123,15 @@ class EarlyConnections:
             with self._wake:
                 while not self._closed and not slot.taken and done == len(self._queue):
                     self._wake.wait()
-                if self._closed:  # nobody will take it any more
-                    self._discard(t, slot)
-                    return
-                if done == len(self._queue):  # taken, every input sent
+                closed = self._closed
+                if not closed and done == len(self._queue):  # taken, every input sent
                     slot.box.append(t)
                     return
-                path, users = self._queue[done]
+                if not closed:
+                    path, users = self._queue[done]
+            if closed:  # nobody will take it any more
+                self._discard(t, slot)
+                return
             done += 1
             wanted = (users is None or self._jobs_of is None
                       or not users.isdisjoint(self._jobs_of.get(node.hostname, ())))

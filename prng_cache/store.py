@@ -405,9 +405,9 @@ class NodeStore(CacheRoot):
                             n for n in files if n in entry.files and self.entry_ok(b.key, entry, [n], files) is None]
                         if len(have) == len(files):
                             continue  # a concurrent stager won
-                        if b.key not in snap.listing:  # gone meanwhile (reclaimed): take its place
-                            self.t.rename(p.pending_tmp, self.path(b.key))
-                        elif entry is None and not self.owns_dir(b.key, snap.listing.get(b.key), tokens_now()):
+                        if b.key not in snap.listing and self._take_place(p.pending_tmp, b.key):
+                            pass  # gone meanwhile (reclaimed): took its place
+                        elif entry is None and not self.owns_dir(b.key, self._listed(snap, b.key), tokens_now()):
                             refused[b.key] = (f"{self.path(b.key)} exists and is not prng-cache's "
                                               f"(no marker of this cache root); left untouched")
                             continue
@@ -444,6 +444,25 @@ class NodeStore(CacheRoot):
         finally:
             self.empty_trash(trash)
         return m, refused
+
+    def _take_place(self, tmp: str, key: str) -> bool:
+        """Rename a complete ``tmp`` to ``<key>``, which the listing under
+        the lock did not hold; False when ``<key>`` exists after all (another
+        stager published it after that listing: publishing is not under the
+        lock), to be merged into like any existing ``<key>``."""
+        try:
+            self.t.rename(tmp, self.path(key))
+            return True
+        except OSError:
+            if self.t.lstat(self.path(key)) is None:
+                raise
+            return False
+
+    def _listed(self, snap: Snapshot, key: str):
+        """``<key>``'s listing entry, looked up again when the snapshot
+        (taken under the lock) predates another stager's publish."""
+        info = snap.listing.get(key)
+        return info if info is not None else self.t.lstat(self.path(key))
 
     def _merge(self, key: str, tmp: str, names: list[str]) -> bool:
         """Rename ``names`` from ``tmp`` into the existing directory ``key``.

@@ -109,6 +109,17 @@ def _helper_failures_forgotten():
     operations._helper_failed_at.clear()
 
 
+@pytest.fixture(autouse=True)
+def _lease_renewals_stopped():
+    """A test's plugin runs that never ended stop renewing their leases when
+    it ends (in a coordinator they stop with the process): a renewal thread
+    left behind would contact the nodes during later tests."""
+    yield
+    from prng_cache import lease_keeper
+
+    lease_keeper.stop_all()
+
+
 def pytest_addoption(parser):
     parser.addoption("--shard-min", type=int, default=None,
                      help="shard every manifest of this many entries or more (default: the product's 512); "
