@@ -148,3 +148,58 @@ def test_a_node_without_room_gets_nothing_early_and_the_stage_decides(cluster, b
         assert reps[h].status == "fallback" and "capacity.max_bytes" in reps[h].skipped[str(big / "big.json")]
         assert leftovers(cluster[h]) == []
     assert "not sent early: the stage decides whether it fits" in caplog.text
+
+
+def _after_presends(monkeypatch, then):
+    """Run ``then()`` once every node has finished sending the input early
+    (before discovery hashes it)."""
+    real_send = prewarm.EarlyConnections.presend
+
+    def presend_then(self, path, users=None):
+        real_send(self, path, users)
+        for slot in list(self._slots.values()):
+            with self._wake:
+                slot.taken = True
+                self._wake.notify_all()
+            slot.thread.join()
+            slot.taken = False
+        then()
+
+    monkeypatch.setattr(prewarm.EarlyConnections, "presend", presend_then)
+
+
+def test_a_root_swapped_for_a_symlink_after_the_early_send_is_never_written_through(cluster, big, tmp_path,
+                                                                                    monkeypatch):
+    policy = make_policy(cluster, big)
+    node = cluster["rig-a"]
+    root = root_of(node)
+    elsewhere = f"{node.shm}/elsewhere"
+
+    before: list[str] = []
+
+    def swap():
+        node.run(f"mv {root} {elsewhere} && ln -s {elsewhere} {root}")
+        before.extend(sorted(node_names(node, elsewhere)))
+
+    _after_presends(monkeypatch, swap)
+    reps = run_stage(cluster, policy, [big / "big.json"], HashMemo(str(tmp_path / "memo")))
+    assert any(n.startswith(".tmp-") for n in before)  # the early copy, in the moved root
+    assert reps["rig-a"].status == "error" and "symlink" in reps["rig-a"].reason, reps["rig-a"]
+    assert sorted(node_names(node, elsewhere)) == before  # nothing removed or written through the link
+    for h in ("rig-b", "rig-c"):
+        assert reps[h].status == "ok" and leftovers(cluster[h]) == []
+
+
+def test_an_input_named_through_dotdot_and_a_symlinked_dir_is_sent_once_per_node(cluster, big, tmp_path, caplog):
+    (big / "sub").mkdir()
+    (big / "link").symlink_to(big)
+    paths = [big / "sub" / ".." / "big.json", big / "link" / "big.json"]
+    policy = make_policy(cluster, big)
+    caplog.set_level(logging.DEBUG, logger="prng_cache")
+    reps = run_stage(cluster, policy, paths, HashMemo(str(tmp_path / "memo")))
+    for h in NODES:
+        rep = reps[h]
+        assert rep.status == "ok" and len(rep.staged) == 2, rep
+        assert node_bytes(cluster[h], rep.staged[str(paths[0])]) == (big / "big.json").read_bytes()
+        assert leftovers(cluster[h]) == []
+        assert len(node_manifest(cluster[h]).entries) == 1
