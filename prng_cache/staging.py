@@ -14,7 +14,7 @@ from .model import Bundle
 from .nodeops import fan_out_nodes, run_on_node
 from .policy import Policy
 from .reports import NodeReport, fmt_bytes
-from .store import LeaseRequest, NodeStore, Published, ensure_node_error
+from .store import LeaseRequest, NodeStore, Published, ensure_node_error, presend_of
 
 if TYPE_CHECKING:
     from .localstate import CacheIdRecord
@@ -226,13 +226,7 @@ def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest |
 def _keep_presends(store: NodeStore, bundles: list[Bundle]) -> None:
     """Keep the early sends ``store.publish`` will take for ``bundles`` (one
     per bundle, as it takes them); remove the others."""
-    keep = {}
-    for b in bundles:
-        for f in b.files:
-            p = store.presends.get(f.src)
-            if p is not None and (p.digest, p.size, p.name) == (f.hash, f.size, f.name):
-                keep[f.src] = p
-                break
+    keep = {p.path: p for b in bundles if (p := presend_of(store.presends, b)) is not None}
     drop = [p.tmp for src, p in store.presends.items() if src not in keep]
     store.presends = keep
     store.empty_trash(drop)

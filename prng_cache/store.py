@@ -310,20 +310,19 @@ class NodeStore(CacheRoot):
         """The early send (see :mod:`~prng_cache.prewarm`) of one of the
         bundle's files, taken, when what was sent hashes to that file's key
         part (the same proof as :meth:`upload_file`'s) under the same name."""
-        for f in bundle.files:
-            p = self.presends.get(f.src)
-            if p is not None and (p.digest, p.size, p.name) == (f.hash, f.size, f.name):
-                del self.presends[f.src]
-                # still there as sent (a wiped root, a hand-removed temporary:
-                # then uploaded again, as without the early send)
-                info = self.t.lstat(f"{p.tmp}/{p.name}")
-                if info is None or not info.is_file or info.size != p.size or (info.nlink or 1) > 1:
-                    log.warning("%s: %s sent early is gone or changed; sending it again", self.host, f.src)
-                    self.empty_trash([p.tmp])
-                    return None
-                log.info("%s: %s was sent while it was hashed", self.host, f.src)
-                return p
-        return None
+        p = presend_of(self.presends, bundle)
+        if p is None:
+            return None
+        del self.presends[p.path]
+        # still there as sent (a wiped root, a hand-removed temporary: then
+        # uploaded again, as without the early send)
+        info = self.t.lstat(f"{p.tmp}/{p.name}")
+        if info is None or not info.is_file or info.size != p.size or (info.nlink or 1) > 1:
+            log.warning("%s: %s sent early is gone or changed; sending it again", self.host, p.path)
+            self.empty_trash([p.tmp])
+            return None
+        log.info("%s: %s was sent while it was hashed", self.host, p.path)
+        return p
 
     def _after_failed_rename(self, tmp: str, key: str) -> str | None:
         """A complete ``tmp`` could not be renamed to ``<key>``: "pending"
@@ -548,6 +547,18 @@ class NodeStore(CacheRoot):
             del m.entries[key]
         self.write_manifest(m)
         return self.bury(keys)
+
+
+def presend_of(presends: dict, bundle: Bundle):
+    """The early send (``prewarm.Presend``) a new entry for ``bundle`` is
+    published from: the first of its files whose early copy hashes to that
+    file's hash, under the same name (what :meth:`NodeStore.upload_file`
+    would prove of an upload); None if none."""
+    for f in bundle.files:
+        p = presends.get(f.src)
+        if p is not None and (p.digest, p.size, p.name) == (f.hash, f.size, f.name):
+            return p
+    return None
 
 
 def _mark_used(m: Manifest, used: set[str], scoped: set[str], now: float) -> bool:
