@@ -86,7 +86,7 @@ class EarlyConnections:
         self._closed = False
         self._queue: list[tuple[str, frozenset[str] | None]] = []  # (input, its jobs), in order
         self._jobs_of = jobs_of
-        self.nodes = [n for n in nodes]
+        self.nodes = list(nodes)  # (an interrupt removes temporaries from these)
         self._slots: dict[str, _Slot] = {}
         self._taken: dict[str, _Slot] = {}  # taken, their presends not yet handed over
         self.presend_min = PRESEND_MIN

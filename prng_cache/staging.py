@@ -14,7 +14,8 @@ from .model import Bundle
 from .nodeops import fan_out_nodes, run_on_node
 from .policy import Policy
 from .reports import NodeReport, fmt_bytes
-from .store import LeaseRequest, NodeStore, Published, ensure_node_error, presend_of
+from .sending import presend_of
+from .store import LeaseRequest, NodeStore, Published, ensure_node_error
 
 if TYPE_CHECKING:
     from .localstate import CacheIdRecord

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
-from typing import Callable
 
 from . import cancel
-from .errors import HashError, IntegrityError, NodeError
-from .hashing import StreamHasher, borrow_buffer, file_identity, open_regular, return_buffer
-from .memo import HashMemo
+from .errors import IntegrityError, NodeError
 from .manifest import Entry, Lease, Manifest
 from .transport.base import DirUpload
 from .model import Bundle, BundleFile
 from .ownership import MARKER_PREFIX, PARTIAL_MIN_ENTRIES, CacheRoot, Snapshot
+from .sending import Sending
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +52,14 @@ class Published:
 
 
 @dataclass(frozen=True)
-class Sent:
-    """What :meth:`NodeStore.send_file` copied."""
-    size: int
-    digest: str
-    before: os.stat_result  # the file's stat when it was opened
-    unchanged: bool  # the same file, untouched, from open to the end of the copy
-
-
-@dataclass(frozen=True)
 class LeaseRequest:
     run_id: str
     ttl: float
 
 
-class NodeStore(CacheRoot):
+class NodeStore(Sending, CacheRoot):
     """One node's cache root: what it serves, publishing into it, leases.
     Not thread-safe (neither is its Transport)."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        #: big inputs sent while they were hashed (path -> prewarm.Presend):
-        #: :meth:`publish` takes the one a new entry needs; the caller
-        #: removes the rest
-        self.presends: dict = {}
 
     def ram_path(self, bundle: Bundle) -> str:
         return bundle.ram_path(self.root)
@@ -115,90 +96,6 @@ class NodeStore(CacheRoot):
         return out
 
     # ------------------------------------------------------------ publish
-    def upload_file(self, src: BundleFile, dst: str) -> int:
-        """Copy one file, hashing the bytes as they are sent.
-
-        The file was hashed earlier on the coordinator; if it changed since
-        (or changes while we read it), the bytes sent no longer match the key
-        and the upload is refused, so nothing is ever published under a hash
-        that does not match its bytes.
-        """
-        sent = self.send_file(src.src, dst, limit=src.size)
-        if sent.size != src.size or sent.digest != src.hash or not sent.unchanged:
-            # the memo vouched for bytes this file no longer has: forget it,
-            # or the input would fall back at every later stage
-            with contextlib.suppress(Exception):
-                HashMemo().invalidate(sent.before)
-            raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
-        return sent.size
-
-    def send_file(self, path: str, dst: str, check: Callable[[], None] = cancel.check, *,
-                  limit: int | None = None) -> "Sent":
-        """Copy ``path`` to ``dst`` (created read-only), hashing the bytes as
-        they are sent: what was sent, its xxh3-128, and whether the file
-        stayed the same while it was read. ``check`` runs between chunks
-        (Ctrl-C: it raises). ``limit``: the size the file should have; a
-        file found longer (still being written) is not sent past it (the
-        node's room was planned for ``limit``) and counts as changed."""
-        hasher = StreamHasher()
-        sent = 0
-        try:
-            f, before = open_regular(path)  # never blocks on a FIFO swapped in
-        except HashError as exc:
-            raise IntegrityError(self.host, f"cannot read {exc}") from exc
-        buf = borrow_buffer()  # page-aligned: the kernel's copy into it is fastest
-        view = memoryview(buf)
-        try:
-            with f:
-                # read-only from the start (jobs must not be able to change
-                # shared inputs): no chmod round trip after the upload
-                with self.t.open_write(dst, 0o400) as out:
-                    grew = False
-                    while True:
-                        check()
-                        n = f.readinto(buf)
-                        if not n:
-                            break
-                        if limit is not None and sent + n > limit:
-                            grew = True  # refused by the caller: what is sent need not be complete
-                            break
-                        hasher.update(view[:n])
-                        out.write(view[:n])
-                        sent += n
-                after = os.fstat(f.fileno())
-        finally:
-            view.release()
-            return_buffer(buf)
-        try:
-            now = file_identity(os.stat(path))
-        except OSError:
-            now = None
-        return Sent(sent, hasher.hexdigest(), before,
-                    not grew and file_identity(after) == file_identity(before) == now)
-
-    def read_verified(self, src: BundleFile) -> bytes:
-        """The whole of a small input, proven to be the bytes that were hashed
-        (same checks as :meth:`upload_file`, before anything is sent)."""
-        try:
-            f, before = open_regular(src.src)
-        except HashError as exc:
-            raise IntegrityError(self.host, f"cannot read {exc}") from exc
-        with f:
-            data = f.read(src.size + 1)
-            after = os.fstat(f.fileno())
-        try:
-            now = file_identity(os.stat(src.src))
-        except OSError:
-            now = None
-        hasher = StreamHasher()
-        hasher.update(data)
-        if (len(data) != src.size or hasher.hexdigest() != src.hash
-                or file_identity(after) != file_identity(before) or now != file_identity(before)):
-            with contextlib.suppress(Exception):
-                HashMemo().invalidate(before)
-            raise IntegrityError(self.host, f"{src.src} changed since it was hashed; not published")
-        return data
-
     @staticmethod
     def batchable(bundle: Bundle, existing: Entry | None) -> bool:
         return existing is None and all(f.size <= SMALL_FILE for f in bundle.files)
@@ -305,24 +202,6 @@ class NodeStore(CacheRoot):
             with contextlib.suppress(Exception):
                 self.t.rmtree(tmp)
             raise
-
-    def _presend_for(self, bundle: Bundle):
-        """The early send (see :mod:`~prng_cache.prewarm`) of one of the
-        bundle's files, taken, when what was sent hashes to that file's key
-        part (the same proof as :meth:`upload_file`'s) under the same name."""
-        p = presend_of(self.presends, bundle)
-        if p is None:
-            return None
-        del self.presends[p.path]
-        # still there as sent (a wiped root, a hand-removed temporary: then
-        # uploaded again, as without the early send)
-        info = self.t.lstat(f"{p.tmp}/{p.name}")
-        if info is None or not info.is_file or info.size != p.size or (info.nlink or 1) > 1:
-            log.warning("%s: %s sent early is gone or changed; sending it again", self.host, p.path)
-            self.empty_trash([p.tmp])
-            return None
-        log.info("%s: %s was sent while it was hashed", self.host, p.path)
-        return p
 
     def _after_failed_rename(self, tmp: str, key: str) -> str | None:
         """A complete ``tmp`` could not be renamed to ``<key>``: "pending"
@@ -547,18 +426,6 @@ class NodeStore(CacheRoot):
             del m.entries[key]
         self.write_manifest(m)
         return self.bury(keys)
-
-
-def presend_of(presends: dict, bundle: Bundle):
-    """The early send (``prewarm.Presend``) a new entry for ``bundle`` is
-    published from: the first of its files whose early copy hashes to that
-    file's hash, under the same name (what :meth:`NodeStore.upload_file`
-    would prove of an upload); None if none."""
-    for f in bundle.files:
-        p = presends.get(f.src)
-        if p is not None and (p.digest, p.size, p.name) == (f.hash, f.size, f.name):
-            return p
-    return None
 
 
 def _mark_used(m: Manifest, used: set[str], scoped: set[str], now: float) -> bool:
