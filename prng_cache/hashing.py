@@ -196,17 +196,20 @@ def _sequential(f: BinaryIO) -> None:
 
 
 def hash_and_stat(
-    path: str, memo: HashMemo | None = None, *, opener: Opener | None = None
+    path: str, memo: HashMemo | None = None, *, opener: Opener | None = None,
+    st: os.stat_result | None = None,
 ) -> tuple[str, os.stat_result]:
     """Hash ``path``; also return the stat the hash belongs to (for its size).
+    ``st``: a stat of ``path`` the caller took just before (else one is taken).
 
     Raises :class:`HashError` when the file is missing, unreadable, not a
     regular file (never blocks on a FIFO) or changes while being hashed.
     """
-    try:
-        st = os.stat(path)  # fresh every call: the memo is keyed on it
-    except OSError as e:
-        raise HashError(path, e.strerror or str(e)) from e
+    if st is None:
+        try:
+            st = os.stat(path)  # fresh every call: the memo is keyed on it
+        except OSError as e:
+            raise HashError(path, e.strerror or str(e)) from e
     _check_regular(path, st)
     if memo is not None:
         hit = memo.lookup(st)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from contextlib import nullcontext
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, NamedTuple, TypeVar
 
 from .errors import HashError
+from .globs import first_match
 from .hashing import bundle_key, hash_and_stat
 from .memo import HashMemo
 from .jobs import job_args, job_expected_output, job_id, job_payload, payload_values
@@ -80,12 +81,8 @@ def _under_alias(path: str, aliases: Iterable[tuple[str, str]]) -> bool:
     return any(path.startswith(src) or (norm + "/").startswith(src) for src, _ in aliases)
 
 
-def _matches(path: str, patterns: Iterable[str]) -> str | None:
-    base = posixpath.basename(path)
-    for pat in patterns:
-        if fnmatchcase(path, pat) or fnmatchcase(base, pat):
-            return pat
-    return None
+def _matches(path: str, patterns: tuple[str, ...]) -> str | None:
+    return first_match(path, patterns)
 
 
 def job_tokens(job: Any, policy: InputsPolicy, base_dir: str) -> Iterator[str]:
@@ -133,7 +130,8 @@ def discover(
             p = resolve(value, base_dir)
             if aliases:
                 hit = alias_match(p, aliases)
-                if hit is None and _under_alias(p, aliases) and not p.endswith(("/", "/.", "/..")):
+                under = hit is not None or _under_alias(p, aliases)
+                if hit is None and under and not p.endswith(("/", "/.", "/..")):
                     # "<prefix>/../step2/x", "<prefix>/sub/../x": the preload
                     # area holds plain directories, so the lexical form is the
                     # file meant; it is the aliased file, never the copy
@@ -144,7 +142,7 @@ def discover(
                         d.aliased[p] = Alias(real, hit[0], hit[1])
                         legacy_of.setdefault(real, p)
                     p = real
-                elif _under_alias(p, aliases):
+                elif under:
                     # a legacy path spelled so it cannot be aliased (".."
                     # inside, a trailing "/"): never hash or stage it, its
                     # copy may be stale; the job keeps it as given
@@ -195,7 +193,7 @@ def discover(
                     if (presend is not None and size >= presend.presend_min
                             and (memo is None or memo.lookup(st) is None)):
                         presend.presend(src, users)  # a big new input: sent to its nodes while hashed
-                    digest, st = hash_and_stat(src, memo)
+                    digest, st = hash_and_stat(src, memo, st=st)
                     hashed[src] = (digest, st.st_size)
             except HashError as e:
                 hashed[src] = str(e)
@@ -206,45 +204,47 @@ def discover(
             raise _Skip(r)
         return BundleFile(name=name, src=src, size=r[1], hash=r[0])
 
-    for p in d.users:
-        pat = _matches(p, policy.exclude)  # exclude wins over include
-        if pat is not None:
-            d.skipped[p] = f"excluded by pattern {pat!r}"
-            continue
-        n = len(jobs_of_file[ident[p]])
-        scoped = policy.is_run_scoped(p)
-        if n < need and not scoped and _matches(p, policy.include) is None:
-            d.skipped[p] = f"used by {n} job(s), fewer than min_jobs={need}"
-            continue
-        parent, name = posixpath.split(p)
-        if not is_safe_name(name):
-            # the node-side layout cannot hold it unambiguously
-            d.skipped[p] = f"file name {name!r} cannot be cached"
-            continue
-        sibs, missing = [], []
-        for c in policy.companions_for(p):
-            optional = c.endswith("?")
-            c = c.rstrip("?")
-            src = posixpath.join(parent, c)
-            if os.path.isfile(src):
-                sibs.append((c, src))
-            elif not optional:
-                missing.append(c)
-            # an optional companion that is absent: the input is staged alone
-            # (its key is then the file's own hash, so it changes when the
-            # companion appears)
-        if missing:
-            # Caching without it would make the job fail where it would not have.
-            d.skipped[p] = f"companion {missing[0]} missing"
-            continue
-        users = jobs_of_file[ident[p]]  # (the nodes running them get big new inputs early)
-        try:
-            files = (file_entry(p, name), *(file_entry(src, c) for c, src in sibs))
-        except _Skip as e:
-            d.skipped[p] = str(e)
-            continue
-        key = files[0].hash if len(files) == 1 else bundle_key([(f.name, f.hash) for f in files])
-        d.bundles[p] = Bundle(key=key, path=p, name=name, files=files, run_scoped=scoped)
+    # the memo's rows of every candidate in a few queries, not one each
+    with memo.prefetched(ident.values()) if memo is not None else nullcontext():
+        for p in d.users:
+            pat = _matches(p, policy.exclude)  # exclude wins over include
+            if pat is not None:
+                d.skipped[p] = f"excluded by pattern {pat!r}"
+                continue
+            n = len(jobs_of_file[ident[p]])
+            scoped = policy.is_run_scoped(p)
+            if n < need and not scoped and _matches(p, policy.include) is None:
+                d.skipped[p] = f"used by {n} job(s), fewer than min_jobs={need}"
+                continue
+            parent, name = posixpath.split(p)
+            if not is_safe_name(name):
+                # the node-side layout cannot hold it unambiguously
+                d.skipped[p] = f"file name {name!r} cannot be cached"
+                continue
+            sibs, missing = [], []
+            for c in policy.companions_for(p):
+                optional = c.endswith("?")
+                c = c.rstrip("?")
+                src = posixpath.join(parent, c)
+                if os.path.isfile(src):
+                    sibs.append((c, src))
+                elif not optional:
+                    missing.append(c)
+                # an optional companion that is absent: the input is staged alone
+                # (its key is then the file's own hash, so it changes when the
+                # companion appears)
+            if missing:
+                # Caching without it would make the job fail where it would not have.
+                d.skipped[p] = f"companion {missing[0]} missing"
+                continue
+            users = jobs_of_file[ident[p]]  # (the nodes running them get big new inputs early)
+            try:
+                files = (file_entry(p, name), *(file_entry(src, c) for c, src in sibs))
+            except _Skip as e:
+                d.skipped[p] = str(e)
+                continue
+            key = files[0].hash if len(files) == 1 else bundle_key([(f.name, f.hash) for f in files])
+            d.bundles[p] = Bundle(key=key, path=p, name=name, files=files, run_scoped=scoped)
     if memo is not None:
         memo.flush()  # the rows of this discovery in one transaction
     return d

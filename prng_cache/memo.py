@@ -13,6 +13,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ _SCHEMA = (
 )
 
 Row = tuple[int, int, int, str, int]  # size, mtime_ns, ctime_ns, hash, hashed_at_ns
+_PREFETCH_BATCH = 500  # inodes per query (SQLite allows 999 variables before 3.32)
 
 
 #: memo rows written per transaction at most
@@ -93,6 +96,8 @@ class HashMemo:
         # written in one transaction per FLUSH_EVERY rows (and at flush()):
         # a commit per file cost more than hashing 10 KB inputs
         self._pending: dict[tuple[int, int], Row] = {}
+        # rows read up front for a run's lookups (see prefetched); None: absent
+        self._pre: dict[tuple[int, int], Row | None] = {}
         self._lock = threading.Lock()  # one connection shared by threads
         self._db: sqlite3.Connection | None = None
         self._db_file: tuple[int, int] | None = None  # (dev, ino) of the file we opened
@@ -174,6 +179,7 @@ class HashMemo:
         # else: another process already replaced it; just reopen
 
     def _close_db(self) -> None:
+        self._pre = {}
         if self._db is not None:
             try:
                 self._db.close()
@@ -191,6 +197,8 @@ class HashMemo:
         # caller holds self._lock
         if key in self._pending:
             return self._pending[key]
+        if key in self._pre:
+            return self._pre[key]
         if self._db is not None:
             try:
                 rows = self._db.execute(
@@ -205,6 +213,7 @@ class HashMemo:
 
     def _put(self, key: tuple[int, int], row: Row) -> None:
         # caller holds self._lock
+        self._pre.pop(key, None)
         if self._db is None:
             self._mem[key] = row
             return
@@ -242,6 +251,7 @@ class HashMemo:
                 return False  # a read only: no write lock when there is nothing to do
             self._mem.pop(key, None)
             self._pending.pop(key, None)
+            self._pre.pop(key, None)
             if self._db is not None:
                 try:
                     with self._db:
@@ -251,6 +261,46 @@ class HashMemo:
             return True
 
     # ------------------------------------------------------------ API
+    @contextmanager
+    def prefetched(self, files: Iterable[tuple[int, int]]) -> Iterator[None]:
+        """Within the block, lookups of these files (``(st_dev, st_ino)``)
+        are answered from rows read up front, a few queries in all: a run's
+        discovery looks up thousands of files, and one query each was a
+        third of it. Rows this object stores or forgets meanwhile replace
+        them; they are dropped at the end of the block. (Another process's
+        writes meanwhile are not seen: a row is still only used when the
+        file's stat matches it.)"""
+        self._prefetch(files)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pre = {}
+
+    def _prefetch(self, files: Iterable[tuple[int, int]]) -> None:
+        by_dev: dict[int, list[int]] = {}
+        for dev, ino in set(files):
+            by_dev.setdefault(_i64(dev), []).append(_i64(ino))
+        with self._lock:
+            if self._db is None:
+                return
+            pre: dict[tuple[int, int], Row | None] = {}
+            try:
+                for dev, inos in by_dev.items():
+                    for i in range(0, len(inos), _PREFETCH_BATCH):
+                        part = inos[i:i + _PREFETCH_BATCH]
+                        rows = self._db.execute(
+                            f"SELECT ino, size, mtime_ns, ctime_ns, hash, hashed_at_ns FROM {_TABLE}"
+                            f" WHERE dev=? AND ino IN ({','.join('?' * len(part))})", (dev, *part),
+                        ).fetchall()
+                        pre.update(dict.fromkeys([(dev, ino) for ino in part]))
+                        for ino, *row in rows:
+                            pre[(dev, ino)] = tuple(row)  # type: ignore[assignment]
+            except sqlite3.Error as e:
+                self._failed(e, "read")  # as a single lookup would: nothing prefetched
+                return
+            self._pre = pre
+
     def _racy(self, st: os.stat_result, at_ns: int) -> bool:
         # A write in the same timestamp tick as ``at_ns`` would leave the stat
         # unchanged; max() also covers a ctime of 0 from odd file systems.

@@ -330,3 +330,48 @@ def test_without_mmap_a_bytearray_is_used(monkeypatch):
     assert isinstance(buf, bytearray) and len(buf) == hashing.CHUNK
     hashing.return_buffer(buf)
     hashing._pool.clear()
+
+
+def test_prefetched_rows_answer_lookups_and_never_outlive_a_change(tmp_path):
+    a = make(tmp_path / "a.npz", b"a" * 100)
+    b = make(tmp_path / "b.npz", b"b" * 100)
+    c = make(tmp_path / "c.npz", b"c" * 100)  # never hashed: prefetched as absent
+    memo = memo_at(tmp_path)
+    ha, hb = hash_file(a, memo), hash_file(b, memo)
+    memo.close()
+    memo = memo_at(tmp_path)
+    ids = [(os.stat(p).st_dev, os.stat(p).st_ino) for p in (a, b, c)]
+    with memo.prefetched(ids):
+        assert len(memo._pre) == 3 and memo._pre[ids[2]] is None
+        assert memo.lookup(os.stat(a)) == ha
+        assert memo.lookup(os.stat(c)) is None
+        # a file changed after the prefetch: its stat no longer matches the row
+        (tmp_path / "b.npz").write_bytes(b"B" * 100)
+        os.utime(b, (OLD + 50, OLD + 50))
+        assert memo.lookup(os.stat(b)) is None
+        cnt = Counting()
+        hb2 = hash_file(b, memo, opener=cnt)
+        assert cnt.opens == 1 and hb2 != hb
+        # what this object stores meanwhile replaces the prefetched row
+        assert memo.lookup(os.stat(b)) == hb2
+        hc = hash_file(c, memo)
+        assert memo.lookup(os.stat(c)) == hc
+        # and what it forgets is forgotten
+        assert memo.invalidate(a) and memo.lookup(os.stat(a)) is None
+    assert memo._pre == {}
+    memo.flush()
+    assert memo.lookup(os.stat(b)) == hb2 and memo.lookup(os.stat(a)) is None
+
+
+def test_prefetch_of_many_files_spans_batches(tmp_path):
+    from prng_cache import memo as memo_mod
+
+    paths = [make(tmp_path / f"f{i}.npz", b"%d" % i) for i in range(memo_mod._PREFETCH_BATCH + 7)]
+    memo = memo_at(tmp_path)
+    digests = [hash_file(p, memo) for p in paths]
+    memo.close()
+    memo = memo_at(tmp_path)
+    with memo.prefetched([(os.stat(p).st_dev, os.stat(p).st_ino) for p in paths]):
+        hashing.stats.reset()
+        assert [hash_file(p, memo) for p in paths] == digests
+        assert hashing.stats.opens == 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable
 
+from ..globs import first_match
 from .schema import not_a_key, section, setting, table
 from .values import (
     abs_path,
@@ -66,6 +67,8 @@ class InputsPolicy:
     def companions_for(self, path: str) -> tuple[str, ...]:
         """Companion names for an input (a trailing ``?``: optional)."""
         names: list[str] = []
+        if first_match(path, tuple(p for p, _ in self.companions)) is None:
+            return ()
         base = path.rsplit("/", 1)[-1]
         for pattern, sibs in self.companions:
             if fnmatchcase(path, pattern) or fnmatchcase(base, pattern):
@@ -73,8 +76,7 @@ class InputsPolicy:
         return tuple(names)
 
     def is_run_scoped(self, path: str) -> bool:
-        base = path.rsplit("/", 1)[-1]
-        return any(fnmatchcase(path, g) or fnmatchcase(base, g) for g in self.run_scoped)
+        return first_match(path, self.run_scoped) is not None
 
 
 @dataclass(frozen=True)
