@@ -276,7 +276,9 @@ class CacheRoot(ManifestFiles):
         keys = wanted(manifest) if manifest is not None else []
         entry_listings: dict = {}
         if keys:
-            listing, by_path = self.t.survey(self.root, [self.path(k) for k in keys])
+            # of an entry only the files recorded for it are looked at (entries_ok)
+            listing, by_path = self.t.survey(self.root, [self.path(k) for k in keys],
+                                             children=[list(manifest.entries[k].files) for k in keys])
             entry_listings = {k: by_path[self.path(k)] for k in keys}
         elif data is not None and len(data) > LARGE_MANIFEST_BYTES:
             listing = self.t.listdir_attr_large(self.root)

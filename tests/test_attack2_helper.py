@@ -141,11 +141,11 @@ def test_root_swapped_for_symlink_before_survey(cluster, src, monkeypatch):
     orig = operations.SSHTransport.survey
     done = []
 
-    def survey(self, parent, paths):
+    def survey(self, parent, paths, children=None):
         if not done:
             done.append(1)
             node.run(f"mv {q(root)} {q(root)}.moved && ln -s {q(other)} {q(root)}")
-        return orig(self, parent, paths)
+        return orig(self, parent, paths, children)
     monkeypatch.setattr(operations.SSHTransport, "survey", survey)
     for n in ("x1", "x2"):
         (d / f"{n}.bin").write_bytes(os.urandom(1000))

@@ -166,10 +166,12 @@ class Transport(ABC):
         transports override it with a cheaper way to list many."""
         return self.listdir_attr(path)
 
-    def survey(self, parent: str, paths: list[str]) -> tuple[dict[str, FileInfo],
-                                                             dict[str, dict[str, FileInfo] | OSError]]:
+    def survey(self, parent: str, paths: list[str], children: list[list[str]] | None = None
+               ) -> tuple[dict[str, FileInfo], dict[str, dict[str, FileInfo] | OSError]]:
         """:meth:`listdir_attr_large` of ``parent`` and :meth:`listdirs_attr`
-        of ``paths`` (directories in it); transports may do both at once."""
+        of ``paths`` (directories in it); transports may do both at once.
+        ``children`` (one list per path): the only children the caller will
+        look at; a transport may then leave the others out of a listing."""
         return self.listdir_attr_large(parent), self.listdirs_attr(paths) if paths else {}
 
     def read_many(self, paths: list[str], max_bytes: int = 64 << 20) -> dict[str, bytes | None | OSError]:

@@ -161,11 +161,15 @@ class NodeHelper:
             raise _oserror(ans["error"], self.host)
         return {_s(n): _info(i) for n, i in ans["items"]}
 
-    def survey(self, parent: str, names: list[str]) -> tuple[dict[str, FileInfo],
-                                                              dict[str, dict[str, FileInfo] | OSError]]:
+    def survey(self, parent: str, names: list[str], children: list[list[str]] | None = None
+               ) -> tuple[dict[str, FileInfo], dict[str, dict[str, FileInfo] | OSError]]:
         """:meth:`listdir_attr` of ``parent`` and :meth:`listdirs` of some
-        of its directories, in one request."""
-        ans = self._ask({"op": "survey", "dir": _h(parent), "names": [_h(n) for n in names]})
+        of its directories, in one request; of a directory with
+        ``children`` given, only those (the ones that exist)."""
+        req: dict[str, Any] = {"op": "survey", "dir": _h(parent), "names": [_h(n) for n in names]}
+        if children is not None:
+            req["children"] = [[_h(c) for c in cs] for cs in children]
+        ans = self._ask(req)
         if "error" in ans:
             raise _oserror(ans["error"], self.host)
         return {_s(n): _info(i) for n, i in ans["root"]}, self._listed(parent, ans)

@@ -42,14 +42,17 @@ def _err(op, e, path):
     return [op, e.errno or errno.EIO, e.strerror or str(e), _h(path)]
 
 
-def _listing(path):
-    """[name, info] of every child of ``path``, lstat'ed, or an error."""
+def _listing(path, keep=None):
+    """[name, info] of every child of ``path``, lstat'ed, or an error.
+    ``keep``: a dict also given name -> its lstat result."""
     out = []
     for name in os.listdir(path):
         try:
             st = os.lstat(os.path.join(path, name))
         except FileNotFoundError:
             continue  # gone meanwhile: as if listed a moment later
+        if keep is not None:
+            keep[name] = st
         out.append([_h(name), _info(st)])
     return out
 
@@ -63,19 +66,38 @@ def op_ls(req):
         return {"error": _err("listdir", e, path)}
 
 
-def op_list(req):
-    """Many directories of one parent: per name its lstat and, when it is a
-    real directory, its children (a symlink is reported, never followed)."""
-    parent = _b(req["dir"])
+def _some(path, hnames):
+    """[name, info] of those of ``hnames`` that exist in ``path``, lstat'ed
+    (the caller looks at no other child: one call each, no listing)."""
     out = []
-    for hname in req["names"]:
-        path = os.path.join(parent, _b(hname))
+    for hname in hnames:
         try:
-            st = os.lstat(path)
+            st = os.lstat(os.path.join(path, _b(hname)))
+        except FileNotFoundError:
+            continue  # missing: as a listing without it
+        out.append([hname, _info(st)])
+    return out
+
+
+def op_list(req, known=None):
+    """Many directories of one parent: per name its lstat and, when it is a
+    real directory, its children (a symlink is reported, never followed).
+    ``req["children"]`` (optional, one list per name): only those children.
+    ``known``: lstat results of the parent's children taken just before."""
+    parent = _b(req["dir"])
+    children = req.get("children")
+    out = []
+    for i, hname in enumerate(req["names"]):
+        name = _b(hname)
+        path = os.path.join(parent, name)
+        try:
+            st = known.get(name) if known is not None else None
+            if st is None:
+                st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode):
                 out.append([hname, _info(st), None])
                 continue
-            out.append([hname, _info(st), _listing(path)])
+            out.append([hname, _info(st), _listing(path) if children is None else _some(path, children[i])])
         except OSError as e:
             out.append([hname, None, _err("listdir", e, path)])
     return {"items": out}
@@ -84,11 +106,12 @@ def op_list(req):
 def op_survey(req):
     """A root's listing and some of its directories' (op_list), in one pass."""
     parent = _b(req["dir"])
+    known = {}
     try:
-        root = _listing(parent)
+        root = _listing(parent, known)
     except OSError as e:
         return {"error": _err("listdir", e, parent)}
-    ans = op_list(req)
+    ans = op_list(req, known)
     ans["root"] = root
     return ans
 

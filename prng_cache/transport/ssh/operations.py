@@ -258,17 +258,18 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
                     self._helper_failed(e)
         return self.listdir_attr(path)
 
-    def survey(self, parent: str, paths: list[str]) -> tuple[dict[str, FileInfo],
-                                                             dict[str, dict[str, FileInfo] | OSError]]:
+    def survey(self, parent: str, paths: list[str], children: list[list[str]] | None = None
+               ) -> tuple[dict[str, FileInfo], dict[str, dict[str, FileInfo] | OSError]]:
         """The root and the entries a stage needs in ONE request to the
-        node's helper (waited for from HELPER_MIN_LISTING entries on);
-        otherwise as two listings."""
+        node's helper (waited for from HELPER_MIN_LISTING entries on), which
+        lstats only ``children`` of each entry when given (one system call
+        per file, not a directory listing); otherwise as two listings."""
         names = [p.rsplit("/", 1)[1] for p in paths]
         if all(p.rsplit("/", 1)[0] == parent for p in paths) and (
                 h := self._node_helper(start=len(paths) >= HELPER_MIN_LISTING)) is not None:
             with self._op("listdir", parent):
                 try:
-                    root, got = h.survey(parent, names)
+                    root, got = h.survey(parent, names, children)
                     return root, {p: got[n] for p, n in zip(paths, names)}
                 except helper.HelperGone as e:
                     self._helper_failed(e)
