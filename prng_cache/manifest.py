@@ -48,9 +48,9 @@ SHARD_FILL = 128
 MAX_SHARDS = 4096
 #: an entry larger than this is not one of ours (header totals are checked against it)
 MAX_FILE_BYTES = 1 << 40
-_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+_TOKEN_RE = re.compile(r"[0-9a-f]{16}")  # fullmatch: "$" would allow a final "\n"
 # a shard generation: the root's token (ownership, as temporaries carry it) and a random part
-GEN_RE = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{8}$")
+GEN_RE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{8}")
 MANIFEST_NAME = "manifest.msgpack"
 # a manifest larger than this is not ours (entries are ~150 bytes each)
 MAX_MANIFEST_BYTES = 64 << 20
@@ -158,7 +158,7 @@ def _checked(entries: dict) -> Entries:
 
 def _shards(doc, load_shards) -> Shards:
     gen, n, stats, scoped = doc["gen"], doc["n"], doc["stats"], doc["scoped"]
-    if not isinstance(gen, str) or not GEN_RE.match(gen):
+    if not isinstance(gen, str) or not GEN_RE.fullmatch(gen):
         raise ValueError("bad shard generation")
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SHARDS or not isinstance(scoped, list):
         raise ValueError("bad shards")
@@ -221,7 +221,7 @@ def decode(data: bytes, load_shards: Callable[[str], Callable] | None = None) ->
             entries = Entries(doc["entries"])
         token = doc.get("root_token")
         m = Manifest(cache_id=cache_id, created=_time(doc["created"], "created"), entries=entries,
-                     root_token=token if isinstance(token, str) and _TOKEN_RE.match(token) else None,
+                     root_token=token if isinstance(token, str) and _TOKEN_RE.fullmatch(token) else None,
                      serial=serial, origin=data, listed_at=_optional_time(doc.get("listed_at")))
         for rid, l in doc["leases"].items():
             hashes = l["hashes"]

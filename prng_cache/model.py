@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+KEY_RE = re.compile(r"[0-9a-f]{32}")  # whole names only (fullmatch: "$" would allow a final "\n")
 
 #: name prefixes the node layout reserves: temporaries, trash, ownership markers
 RESERVED_PREFIXES = (".tmp-", ".trash-", ".prng-")
@@ -18,7 +18,7 @@ RESERVED_PREFIXES = (".tmp-", ".trash-", ".prng-")
 
 def is_key(name: str) -> bool:
     """A cache key: xxh3-128 of a file (or of a bundle's names and hashes)."""
-    return bool(KEY_RE.match(name))
+    return len(name) == 32 and KEY_RE.fullmatch(name) is not None
 
 
 def is_safe_name(name: str) -> bool:

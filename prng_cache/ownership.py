@@ -70,7 +70,7 @@ MARKER_PREFIX = ".prng-"
 # Names every temporary of this process carries (after the root token), so an
 # interrupted process can remove exactly its own temporaries, at any age.
 PROCESS_TOKEN = secrets.token_hex(4)
-_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+_TOKEN_RE = re.compile(r"[0-9a-f]{16}")  # fullmatch: "$" would allow a final "\n"
 
 
 _SERIAL = itertools.count()
@@ -147,7 +147,7 @@ class Snapshot:
 
 def root_tokens(listing: dict[str, FileInfo]) -> set[str]:
     return {n[len(ROOT_TOKEN_PREFIX):] for n, i in listing.items()
-            if n.startswith(ROOT_TOKEN_PREFIX) and _TOKEN_RE.match(n[len(ROOT_TOKEN_PREFIX):]) and i.is_file}
+            if n.startswith(ROOT_TOKEN_PREFIX) and _TOKEN_RE.fullmatch(n[len(ROOT_TOKEN_PREFIX):]) and i.is_file}
 
 
 @dataclass

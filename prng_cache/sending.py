@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +33,55 @@ class Sent:
     unchanged: bool  # the same file, untouched, from open to the end of the copy
 
 
+class SharedReads:
+    """Small inputs read and proven once per stage for every node: a cold
+    stage of thousands of small files to several nodes read and hashed each
+    file once per node, a quarter of a node's staging time. The bytes of the
+    files read last are kept, up to ``budget`` bytes (nodes publish in the
+    same order, so they take them soon after one another); one evicted is
+    read and proven again. Thread-safe."""
+
+    def __init__(self, budget: int = 16 << 20):
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._reading: dict[tuple[str, str, int], threading.Event] = {}  # read by one node now
+
+    def get(self, src: BundleFile, read: Callable[[BundleFile], bytes]) -> bytes:
+        """``src``'s bytes: kept ones (proven to hash to ``src.hash`` when
+        read), else ``read(src)`` (which proves them or raises). While one
+        node reads a file, the others wait for it; when that read failed,
+        each reads (and fails) for itself."""
+        key = (src.src, src.hash, src.size)
+        with self._lock:
+            data = self._kept.get(key)
+            if data is not None:
+                return data
+            other = self._reading.get(key)
+            if other is None:
+                mine = self._reading[key] = threading.Event()
+        if other is not None:
+            other.wait()
+            with self._lock:
+                data = self._kept.get(key)
+            return data if data is not None else read(src)
+        try:
+            data = read(src)
+            if len(data) <= self.budget:
+                with self._lock:
+                    self._kept[key] = data
+                    self._bytes += len(data)
+                    while self._bytes > self.budget:
+                        _, old = self._kept.popitem(last=False)
+                        self._bytes -= len(old)
+            return data
+        finally:
+            with self._lock:
+                del self._reading[key]
+            mine.set()
+
+
 class Sending:
     """The sending half of a node store (mixed into NodeStore: uses its
     transport ``t`` and ``host``)."""
@@ -41,6 +92,8 @@ class Sending:
         #: :meth:`NodeStore.publish` takes the one a new entry needs; the caller
         #: removes the rest
         self.presends: dict = {}
+        #: small inputs read once for all nodes of a stage (set by the stage)
+        self.shared_reads: SharedReads | None = None
 
     def upload_file(self, src: BundleFile, dst: str) -> int:
         """Copy one file, hashing the bytes as they are sent.
@@ -105,7 +158,13 @@ class Sending:
 
     def read_verified(self, src: BundleFile) -> bytes:
         """The whole of a small input, proven to be the bytes that were hashed
-        (same checks as :meth:`upload_file`, before anything is sent)."""
+        (same checks as :meth:`upload_file`, before anything is sent); read
+        once for all nodes of a stage (``shared_reads``)."""
+        if self.shared_reads is not None:
+            return self.shared_reads.get(src, self._read_verified)
+        return self._read_verified(src)
+
+    def _read_verified(self, src: BundleFile) -> bytes:
         try:
             f, before = open_regular(src.src)
         except HashError as exc:

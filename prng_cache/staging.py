@@ -14,7 +14,7 @@ from .model import Bundle
 from .nodeops import fan_out_nodes, run_on_node
 from .policy import Policy
 from .reports import NodeReport, fmt_bytes
-from .sending import presend_of
+from .sending import SharedReads, presend_of
 from .store import LeaseRequest, NodeStore, Published, ensure_node_error
 
 if TYPE_CHECKING:
@@ -32,13 +32,15 @@ def no_progress(host: str, event: str, detail: dict) -> None:
 
 
 def stage_node(store: NodeStore, bundles: list[Bundle], *, lease: LeaseRequest | None = None,
-               progress: Progress = no_progress) -> NodeReport:
+               progress: Progress = no_progress, reads: SharedReads | None = None) -> NodeReport:
     """Make the node hold every bundle that fits; report what it can serve.
+    ``reads``: small inputs read once for all the nodes staged at once.
 
     Raises NodeError/TransportError only for node-wide failures (unsafe root,
     connection lost); a bundle that cannot be staged is skipped with a reason.
     """
     host = store.host
+    store.shared_reads = reads
     rep = NodeReport(host=host, status="ok", cache_root=store.root)
     store.t.expect_batches()
     store.ensure_root()
@@ -310,11 +312,13 @@ def stage_cluster(nodes: list[Node], bundles_for: Callable[[Node], list[Bundle]]
     """Stage every node in parallel (bounded by transport.parallel_nodes);
     ``early``: connections opened while the inputs were hashed."""
 
+    reads = SharedReads()
+
     def one(node: Node) -> NodeReport:
         progress(node.hostname, "start", {})
         t0 = time.monotonic()
-        rep = run_on_node(node, policy, lambda s: stage_node(s, bundles_for(node), lease=lease, progress=progress),
-                          early)
+        rep = run_on_node(node, policy, lambda s: stage_node(s, bundles_for(node), lease=lease, progress=progress,
+                                                             reads=reads), early)
         rep.seconds = time.monotonic() - t0
         if rep.status == "fallback":
             log.warning("%s: fallback: %s", node.hostname, rep.reason)
