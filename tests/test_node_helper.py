@@ -258,3 +258,67 @@ def test_node_helper_never_replaces_a_directory_put_in_the_way(tmp_path):
     assert ans["results"][1] is None
     assert os.listdir(tmp_path / "k0") == []  # untouched
     assert (tmp_path / ".tmp-0" / "f").read_bytes() == b"x0"  # complete, left for the caller
+
+
+def test_node_helper_reads_small_regular_files_and_leaves_the_rest_to_the_caller(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a").write_bytes(b"alpha")
+    (d / "empty").write_bytes(b"")
+    (d / "big").write_bytes(b"x" * 100)
+    (d / "link").symlink_to(d / "a")
+    (d / "sub").mkdir()
+    os.mkfifo(d / "fifo")  # never opened in a way that blocks
+    odd = os.fsencode(str(d)) + b"/n\xffl\n"
+    with open(odd, "wb") as f:
+        f.write(b"odd name")
+    names = ["a", "empty", "big", "link", "sub", "fifo", "missing"]
+    paths = [helper._h(str(d / n)) for n in names] + [helper._h(os.fsdecode(odd))]
+    p = _local_helper(tmp_path)
+    p.stdin.write(json.dumps({"op": "read", "paths": paths, "max": 50}).encode() + b"\n")
+    p.stdin.flush()
+    ans = json.loads(p.stdout.readline())
+    assert ans == {"sizes": [5, 0, -1, -1, -1, -1, None, 8]}
+    assert p.stdout.read(13) == b"alphaodd name"
+    p.stdin.close()
+    assert p.wait(10) == 0
+
+
+def test_a_sharded_manifest_is_read_through_the_helper_in_one_request(cluster, src, monkeypatch):
+    from prng_cache import manifest
+
+    monkeypatch.setattr(manifest, "SHARD_MIN", 64)
+    monkeypatch.setattr(manifest, "SHARD_FILL", 8)
+    node = cluster["rig-a"]
+    d, paths = _many(src, 200, 300)
+    policy = make_policy(cluster, d)
+    bs = _bundles(policy, d, paths)
+    rep = stage(cluster, policy, bs, hosts=["rig-a"])["rig-a"]
+    assert rep.status == "ok" and len(rep.staged) == 200, rep.to_dict()
+    sh = assert_consistent(node).entries.shards
+    assert sh is not None and sh.n > 8
+    reads = []
+    orig = helper.NodeHelper.read_files
+
+    def spy(self, ps, limit):
+        got = orig(self, ps, limit)
+        reads.append(got)
+        return got
+    monkeypatch.setattr(helper.NodeHelper, "read_files", spy)
+    # one shard replaced by a symlink to a copy of itself: read the ordinary
+    # way, refused (a link is never read), its records not trusted
+    shard_dir = f"{root_of(node)}/{sh.dirname}"
+    victim = f"{shard_dir}/{sh.filename(3)}"
+    node.run(f"cp {shlex.quote(victim)} {shlex.quote(victim)}.copy && rm {shlex.quote(victim)} && "
+             f"ln -s {shlex.quote(victim)}.copy {shlex.quote(victim)}")
+    # as the CLI and the plugin stage: the helper started with the connection, while hashing
+    from prng_cache.cluster import Node
+    from prng_cache.run import plan_run
+    rep2 = plan_run(jobs_for(paths), [Node("rig-a", cluster.user)], policy, min_jobs=1,
+                    connect_early=True).stage()["rig-a"]
+    assert rep2.status == "ok" and len(rep2.staged) == 200, rep2.to_dict()
+    assert reads and all(isinstance(v, (bytes, bool)) for v in reads[0].values())
+    assert [p for p, v in reads[0].items() if v is False] == [victim]  # the link: left to the caller
+    assert any("shard" in w for w in rep2.warnings), rep2.warnings
+    for p in paths[::37]:
+        assert node_bytes(node, rep2.staged[str(p)]) == p.read_bytes()

@@ -174,6 +174,34 @@ class NodeHelper:
             raise _oserror(ans["error"], self.host)
         return {_s(n): _info(i) for n, i in ans["root"]}, self._listed(parent, ans)
 
+    def read_files(self, paths: list[str], max_bytes: int) -> dict[str, bytes | None | bool]:
+        """Small regular files, whole, in one request: path -> bytes; None
+        when absent; False when it is anything else (the caller reads it the
+        ordinary way, which refuses it the same way)."""
+        ans = self._ask({"op": "read", "paths": [_h(p) for p in paths], "max": max_bytes})
+        sizes = ans.get("sizes")
+        if (not isinstance(sizes, list) or len(sizes) != len(paths)
+                or not all(s is None or type(s) is int for s in sizes)):
+            raise HelperGone("helper answered out of protocol (sizes)")
+        total = sum(s for s in sizes if s is not None and s > 0)
+        try:
+            data = self._out.read(total) if total else b""
+        except Exception as e:
+            if not self._ssh.is_active():
+                raise
+            raise HelperGone(f"helper channel failed ({e or type(e).__name__})") from e
+        if len(data) != total:
+            raise HelperGone("helper ended mid-answer")
+        out: dict[str, bytes | None | bool] = {}
+        pos = 0
+        for p, s in zip(paths, sizes):
+            if s is None or s < 0:
+                out[p] = None if s is None else False
+            else:
+                out[p] = data[pos:pos + s]
+                pos += s
+        return out
+
     def listdirs(self, parent: str, names: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """name -> its children, or the OSError of listing ``parent/name``
         (NotADirectoryError for anything but a real directory)."""

@@ -12,7 +12,8 @@ Protocol (stdin/stdout, binary): the helper prints ``HELLO``; then per
 request one JSON line (paths and names as hex of their bytes: a node's
 file names need not be UTF-8), for ``put`` followed by the raw bytes of
 every file in order; per request one JSON line answered (for ``put``
-preceded by a "." per item). EOF ends it.
+preceded by a "." per item, for ``read`` followed by the files' bytes).
+EOF ends it.
 """
 
 import binascii
@@ -114,6 +115,53 @@ def op_survey(req):
     ans = op_list(req, known)
     ans["root"] = root
     return ans
+
+
+def op_read(req):
+    """Small regular files, whole: per path its size (then its bytes follow
+    the answer line, in order), None when absent, -1 when it is anything
+    else (not a regular file, a symlink, too large, changed while read):
+    the coordinator then reads it the ordinary way, which judges it."""
+    sizes, data = [], []
+    limit = req["max"]
+    for hpath in req["paths"]:
+        path = _b(hpath)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            sizes.append(None)
+            continue
+        except OSError:
+            sizes.append(-1)
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size >= limit:
+            sizes.append(-1)
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            sizes.append(-1)
+            continue
+        try:
+            after = os.fstat(fd)
+            chunks, n = [], 0
+            while n <= st.st_size:
+                b = os.read(fd, st.st_size + 1 - n)
+                if not b:
+                    break
+                chunks.append(b)
+                n += len(b)
+        except OSError:
+            chunks, n = None, -1
+        finally:
+            os.close(fd)
+        if (chunks is None or n != st.st_size or not stat.S_ISREG(after.st_mode)
+                or (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino)):
+            sizes.append(-1)
+            continue
+        sizes.append(n)
+        data.extend(chunks)
+    return {"sizes": sizes}, data
 
 
 def _read_exact(inp, n):
@@ -228,9 +276,14 @@ def main():
             ans = op_ls(req)
         elif op == "survey":
             ans = op_survey(req)
+        elif op == "read":
+            ans, data = op_read(req)
         else:
             ans = {"error": ["request", errno.EINVAL, "unknown request", ""]}
         out.write(json.dumps(ans, separators=(",", ":")).encode("ascii") + b"\n")
+        if op == "read":
+            for b in data:
+                out.write(b)
         out.flush()
 
 
