@@ -305,6 +305,13 @@ def test_a_sharded_manifest_is_read_through_the_helper_in_one_request(cluster, s
         reads.append(got)
         return got
     monkeypatch.setattr(helper.NodeHelper, "read_files", spy)
+    writes = []
+    orig_w = helper.NodeHelper.replace_files
+
+    def spy_w(self, items):
+        writes.append(len(items))
+        return orig_w(self, items)
+    monkeypatch.setattr(helper.NodeHelper, "replace_files", spy_w)
     # one shard replaced by a symlink to a copy of itself: read the ordinary
     # way, refused (a link is never read), its records not trusted
     shard_dir = f"{root_of(node)}/{sh.dirname}"
@@ -322,3 +329,33 @@ def test_a_sharded_manifest_is_read_through_the_helper_in_one_request(cluster, s
     assert any("shard" in w for w in rep2.warnings), rep2.warnings
     for p in paths[::37]:
         assert node_bytes(node, rep2.staged[str(p)]) == p.read_bytes()
+    # the shard that was not trusted made a new generation: every shard
+    # written through the helper, in one request, and it all reads back
+    assert writes and writes[0] >= sh.n
+    m = assert_consistent(node)
+    assert m.entries.shards.gen != sh.gen and len(m.entries) >= 200 - 200 // sh.n - 1
+
+
+def test_node_helper_replaces_files_exactly_and_removes_what_failed(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "dst1").write_bytes(b"old")
+    (d / ".tmp-taken").write_bytes(b"someone's")  # in the way: create fails, nothing replaced
+    items = [(str(d / ".tmp-a"), str(d / "dst1"), b"new one", 0o600),
+             (str(d / ".tmp-taken"), str(d / "dst2"), b"never", 0o600),
+             (str(d / ".tmp-c"), str(d / "nodir" / "dst3"), b"no dir", 0o600),
+             (str(d / ".tmp-e"), str(d / "empty"), b"", 0o400)]
+    reqs = [[helper._h(t), helper._h(x), len(b), m, zlib.crc32(b)] for t, x, b, m in items]
+    p = _local_helper(tmp_path)
+    p.stdin.write(json.dumps({"op": "replace", "items": reqs}).encode() + b"\n" + b"".join(i[2] for i in items))
+    p.stdin.flush()
+    res = json.loads(p.stdout.readline())["results"]
+    p.stdin.close()
+    assert p.wait(10) == 0
+    assert res[0] is None and res[3] is None
+    assert res[1][0] == "create" and res[1][1] == errno.EEXIST
+    assert res[2][0] == "rename" and res[2][1] == errno.ENOENT
+    assert (d / "dst1").read_bytes() == b"new one" and stat.S_IMODE((d / "dst1").stat().st_mode) == 0o600
+    assert (d / "empty").read_bytes() == b"" and stat.S_IMODE((d / "empty").stat().st_mode) == 0o400
+    assert (d / ".tmp-taken").read_bytes() == b"someone's"  # not ours: untouched
+    assert sorted(os.listdir(d)) == [".tmp-taken", "dst1", "empty"]  # the failed rename's tmp removed

@@ -174,6 +174,17 @@ class NodeHelper:
             raise _oserror(ans["error"], self.host)
         return {_s(n): _info(i) for n, i in ans["root"]}, self._listed(parent, ans)
 
+    def replace_files(self, items: list[tuple[str, str, bytes, int]]) -> list[tuple[str, OSError] | None]:
+        """Per item ``(tmp, dst, data, mode)``: ``tmp`` created exclusively
+        with exactly ``mode`` and ``data``, renamed over ``dst``; one request.
+        Per item None or (operation, OSError) of its failure (``tmp`` gone)."""
+        reqs = [[_h(tmp), _h(dst), len(data), mode, zlib.crc32(data) & 0xFFFFFFFF] for tmp, dst, data, mode in items]
+        ans = self._ask({"op": "replace", "items": reqs}, _coalesced([data for _, _, data, _ in items]))
+        results = ans.get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise HelperGone("helper answered out of protocol (results)")
+        return [None if r is None else (r[0], _oserror(r, self.host)) for r in results]
+
     def read_files(self, paths: list[str], max_bytes: int) -> dict[str, bytes | None | bool]:
         """Small regular files, whole, in one request: path -> bytes; None
         when absent; False when it is anything else (the caller reads it the

@@ -251,6 +251,49 @@ def _rename_noreplace(src, dst):
     os.rename(src, dst)
 
 
+def op_replace(req, inp):
+    """Per item: a new file ``tmp`` (exclusively, exact mode, CRC checked)
+    renamed over ``dst``, as the SFTP requests would (a manifest's shards).
+    Every item's bytes are consumed even after a failure; a ``tmp`` left by
+    a failure is removed."""
+    results = []
+    for htmp, hdst, size, mode, crc in req["items"]:
+        data = _read_exact(inp, size)
+        tmp = _b(htmp)
+        failure = None
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+        except OSError as e:
+            results.append(_err("create", e, tmp))
+            continue
+        try:
+            if zlib.crc32(data) & 0xFFFFFFFF != crc:
+                raise OSError(errno.EIO, "bytes received differ from the bytes sent")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            failure = _err("write", e, tmp)
+        finally:
+            try:
+                os.close(fd)
+            except OSError as e:
+                if failure is None:
+                    failure = _err("close", e, tmp)
+        if failure is None:
+            try:
+                os.rename(tmp, _b(hdst))
+            except OSError as e:
+                failure = _err("rename", e, tmp)
+        if failure is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        results.append(failure)
+    return {"results": results}
+
+
 def op_put(req, inp, out):
     return {"results": [_put_item(item, inp, out) for item in req["items"]]}
 
@@ -278,6 +321,8 @@ def main():
             ans = op_survey(req)
         elif op == "read":
             ans, data = op_read(req)
+        elif op == "replace":
+            ans = op_replace(req, inp)
         else:
             ans = {"error": ["request", errno.EINVAL, "unknown request", ""]}
         out.write(json.dumps(ans, separators=(",", ":")).encode("ascii") + b"\n")

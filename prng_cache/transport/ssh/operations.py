@@ -184,9 +184,24 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
                 return None
 
     def replace_files(self, items: list[tuple[str, str, bytes, int]]) -> None:
-        """All items' requests in flight together (see :mod:`.batch`)."""
+        """One request to the node's helper when it is up (a sharded
+        manifest's shards), else all items' requests in flight together
+        (see :mod:`.batch`)."""
         if len(items) < 2:
             return super().replace_files(items)
+        h = self._node_helper(start=False, wait=len(items) >= HELPER_MIN_READ)
+        if h is not None:
+            with self._op("write", items[0][0]):
+                try:
+                    done = h.replace_files(items)
+                except helper.HelperGone as e:
+                    self._helper_failed(e)
+                    done = None
+            if done is not None:
+                bad = [r for r in done if r is not None]
+                if bad:
+                    raise bad[0][1]  # worded like the SFTP path's errors (helper._oserror)
+                return
         with self._op("write", items[0][0]):
             raw = batch.replace_files(self._session(), items)
         failed = [(item, r) for item, r in zip(items, raw) if r is not None]
