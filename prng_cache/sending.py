@@ -33,6 +33,11 @@ class Sent:
     unchanged: bool  # the same file, untouched, from open to the end of the copy
 
 
+#: what keeping one file costs besides its bytes (key, bytes object, the
+#: dict's slot): empty files must count against the budget too
+_KEPT_COST = 256
+
+
 class SharedReads:
     """Small inputs read and proven once per stage for every node: a cold
     stage of thousands of small files to several nodes read and hashed each
@@ -68,13 +73,13 @@ class SharedReads:
             return data if data is not None else read(src)
         try:
             data = read(src)
-            if len(data) <= self.budget:
+            if len(data) + _KEPT_COST <= self.budget:
                 with self._lock:
                     self._kept[key] = data
-                    self._bytes += len(data)
+                    self._bytes += len(data) + _KEPT_COST
                     while self._bytes > self.budget:
                         _, old = self._kept.popitem(last=False)
-                        self._bytes -= len(old)
+                        self._bytes -= len(old) + _KEPT_COST
             return data
         finally:
             with self._lock:

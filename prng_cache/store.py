@@ -292,8 +292,8 @@ class NodeStore(Sending, CacheRoot):
                         # our files (hash-checked while uploaded) renamed into the
                         # existing directory one by one: the names other stagers
                         # published there, and their readers, stay
-                        elif not self._merge(b.key, p.pending_tmp, [n for n in files if n not in have]):
-                            refused[b.key] = f"{self.path(b.key)} is not a directory of ours; left untouched"
+                        elif (why := self._merge(b.key, p.pending_tmp, [n for n in files if n not in have])):
+                            refused[b.key] = why
                             continue
                     else:
                         info = snap.listing.get(b.key)
@@ -342,24 +342,24 @@ class NodeStore(Sending, CacheRoot):
         info = snap.listing.get(key)
         return info if info is not None else self.t.lstat(self.path(key))
 
-    def _merge(self, key: str, tmp: str, names: list[str]) -> bool:
-        """Rename ``names`` from ``tmp`` into the existing directory ``key``.
+    def _merge(self, key: str, tmp: str, names: list[str]) -> str | None:
+        """Rename ``names`` from ``tmp`` into the existing directory ``key``;
+        None when all were, else why not (the key is then refused for this
+        stage; the names already moved are complete, hash-checked copies).
 
-        False (nothing moved) when ``key`` is not a real directory of ours:
+        Nothing is moved when ``key`` is not a real directory of ours:
         renaming into a symlink would write through it."""
         info = self.t.lstat(self.path(key))
         if info is None or info.is_symlink or not info.is_dir or info.uid != self._uid:
-            return False
-        moved = 0
-        try:
-            for name in names:
+            return f"{self.path(key)} is not a directory of ours; left untouched"
+        for name in names:
+            try:
                 self.t.rename(f"{tmp}/{name}", self.path(key, name))
-                moved += 1
-        except OSError:
-            if moved:
-                raise
-            return False
-        return True
+            except OSError as exc:
+                # e.g. a directory someone put in place of a recorded name
+                log.warning("%s: could not add %s to %s: %s", self.host, name, self.path(key), exc)
+                return f"could not add {name} to {self.path(key)}: {exc.strerror or exc}; left as it is"
+        return None
 
     def release(self, run_id: str) -> bool:
         """Drop a run's lease and mark its entries used now; run-scoped

@@ -140,7 +140,7 @@ def test_shared_reads_keep_a_bounded_window_and_never_keep_a_failure(tmp_path):
         if src.src.endswith("s4"):
             raise IntegrityError("n", "changed")
         return open(src.src, "rb").read()
-    shared = sending.SharedReads(budget=250)  # two files' worth
+    shared = sending.SharedReads(budget=2 * (100 + sending._KEPT_COST) + 50)  # two files' worth
     for f in files[:3]:
         assert shared.get(f, read) == open(f.src, "rb").read()
     assert shared.get(files[2], read) and shared.get(files[1], read)

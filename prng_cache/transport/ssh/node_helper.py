@@ -67,16 +67,18 @@ def op_ls(req):
         return {"error": _err("listdir", e, path)}
 
 
-def _some(path, hnames):
-    """[name, info] of those of ``hnames`` that exist in ``path``, lstat'ed
-    (the caller looks at no other child: one call each, no listing)."""
+def _in_dir(fd, names):
+    """[name, info] of ``names`` (bytes) in the directory open as ``fd``,
+    lstat'ed relative to it; the missing ones left out."""
     out = []
-    for hname in hnames:
+    for name in names:
+        if b"/" in name or name in (b"", b".", b".."):
+            continue  # never a file of an entry (the coordinator sends none)
         try:
-            st = os.lstat(os.path.join(path, _b(hname)))
+            st = os.lstat(name, dir_fd=fd)
         except FileNotFoundError:
-            continue  # missing: as a listing without it
-        out.append([hname, _info(st)])
+            continue  # missing (or gone meanwhile): as a listing without it
+        out.append([_h(name), _info(st)])
     return out
 
 
@@ -84,7 +86,11 @@ def op_list(req, known=None):
     """Many directories of one parent: per name its lstat and, when it is a
     real directory, its children (a symlink is reported, never followed).
     ``req["children"]`` (optional, one list per name): only those children.
-    ``known``: lstat results of the parent's children taken just before."""
+    ``known``: lstat results of the parent's children taken just before.
+
+    Each directory is opened (never through a symlink) and its children
+    are lstat'ed relative to that descriptor: one swapped for a symlink
+    since it was lstat'ed is reported as what it is now, not followed."""
     parent = _b(req["dir"])
     children = req.get("children")
     out = []
@@ -98,7 +104,21 @@ def op_list(req, known=None):
             if not stat.S_ISDIR(st.st_mode):
                 out.append([hname, _info(st), None])
                 continue
-            out.append([hname, _info(st), _listing(path) if children is None else _some(path, children[i])])
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.lstat(path)  # not a real directory any more
+                out.append([hname, _info(st), None])
+                continue
+            try:
+                st = os.fstat(fd)
+                wanted = [_b(c) for c in children[i]] if children is not None else [
+                    os.fsencode(n) for n in os.listdir(fd)]
+                out.append([hname, _info(st), _in_dir(fd, wanted)])
+            finally:
+                os.close(fd)
         except OSError as e:
             out.append([hname, None, _err("listdir", e, path)])
     return {"items": out}
