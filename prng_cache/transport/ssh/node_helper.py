@@ -22,6 +22,7 @@ import json
 import os
 import stat
 import sys
+import time
 import zlib
 
 HELLO = b"prng-cache-helper 1\n"
@@ -195,16 +196,25 @@ def _read_exact(inp, n):
     return b"".join(chunks)
 
 
+MARK_EVERY = 0.2
+_flushed = [float("-inf")]  # when the marks were last sent
+
+
 def _put_item(item, inp, out):
     """Create ``tmp`` (exclusively) with every file (exclusively, exact
     mode, CRC checked before it is written), then rename it to ``dst``. The
     bytes of every file are consumed even after a failure, so the stream
     stays in step."""
-    # a "." per item: if the coordinator gave up on us (we were stopped,
-    # it timed out and closed the channel), this write fails and we exit
-    # before creating anything more
+    # a "." per item, sent at most every MARK_EVERY seconds (one SSH packet
+    # per item cost the coordinator more CPU than the files): if the
+    # coordinator gave up on us (we were stopped, it timed out and closed
+    # the channel), the flush fails and we exit, creating nothing more after
+    # at most that long (the first item of a request always flushes)
     out.write(b".")
-    out.flush()
+    now = time.monotonic()
+    if now - _flushed[0] >= MARK_EVERY:
+        out.flush()
+        _flushed[0] = now
     tmp = _b(item["tmp"])
     failure = None
     try:
@@ -315,6 +325,7 @@ def op_replace(req, inp):
 
 
 def op_put(req, inp, out):
+    _flushed[0] = float("-inf")  # a request's first mark goes at once
     return {"results": [_put_item(item, inp, out) for item in req["items"]]}
 
 
