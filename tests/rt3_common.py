@@ -49,7 +49,8 @@ def record_listings(monkeypatch) -> list[str]:
                             lambda self, path, _o=orig: (listed.append(path), _o(self, path))[1])
     orig_survey = SSHTransport.survey
     monkeypatch.setattr(SSHTransport, "survey",
-                        lambda self, parent, paths, _o=orig_survey: (listed.append(parent), _o(self, parent, paths))[1])
+                        lambda self, parent, paths, children=None, _o=orig_survey: (
+                            listed.append(parent), _o(self, parent, paths, children))[1])
     return listed
 
 

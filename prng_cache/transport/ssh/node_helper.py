@@ -196,7 +196,7 @@ def _read_exact(inp, n):
     return b"".join(chunks)
 
 
-MARK_EVERY = 0.2
+MARK_EVERY = 0.05
 _flushed = [float("-inf")]  # when the marks were last sent
 
 
@@ -281,47 +281,69 @@ def _rename_noreplace(src, dst):
     os.rename(src, dst)
 
 
+def _dir_fd(path, fds):
+    """``path`` opened as a real directory of ours (never through a
+    symlink: one swapped in after the coordinator checked it would have a
+    rename write into someone else's directory), cached in ``fds``."""
+    fd = fds.get(path)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if os.fstat(fd).st_uid != os.geteuid():
+            os.close(fd)
+            raise OSError(errno.EPERM, "not a directory of ours")
+        fds[path] = fd
+    return fd
+
+
 def op_replace(req, inp):
     """Per item: a new file ``tmp`` (exclusively, exact mode, CRC checked)
-    renamed over ``dst``, as the SFTP requests would (a manifest's shards).
-    Every item's bytes are consumed even after a failure; a ``tmp`` left by
-    a failure is removed."""
-    results = []
-    for htmp, hdst, size, mode, crc in req["items"]:
-        data = _read_exact(inp, size)
-        tmp = _b(htmp)
-        failure = None
+    renamed over ``dst``, as the SFTP requests would (a manifest's shards);
+    ``dst`` is renamed into its directory opened without following a
+    symlink. Every item's bytes are consumed even after a failure; a ``tmp``
+    left by a failure is removed."""
+    fds = {}
+    try:
+        return {"results": [_replace_item(item, inp, fds) for item in req["items"]]}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _replace_item(item, inp, fds):
+    htmp, hdst, size, mode, crc = item
+    data = _read_exact(inp, size)
+    tmp = _b(htmp)
+    failure = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    except OSError as e:
+        return _err("create", e, tmp)
+    try:
+        if zlib.crc32(data) & 0xFFFFFFFF != crc:
+            raise OSError(errno.EIO, "bytes received differ from the bytes sent")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        failure = _err("write", e, tmp)
+    finally:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+            os.close(fd)
         except OSError as e:
-            results.append(_err("create", e, tmp))
-            continue
+            if failure is None:
+                failure = _err("close", e, tmp)
+    if failure is None:
+        dst = _b(hdst)
         try:
-            if zlib.crc32(data) & 0xFFFFFFFF != crc:
-                raise OSError(errno.EIO, "bytes received differ from the bytes sent")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            os.rename(tmp, os.path.basename(dst), dst_dir_fd=_dir_fd(os.path.dirname(dst), fds))
         except OSError as e:
-            failure = _err("write", e, tmp)
-        finally:
-            try:
-                os.close(fd)
-            except OSError as e:
-                if failure is None:
-                    failure = _err("close", e, tmp)
-        if failure is None:
-            try:
-                os.rename(tmp, _b(hdst))
-            except OSError as e:
-                failure = _err("rename", e, tmp)
-        if failure is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        results.append(failure)
-    return {"results": results}
+            failure = _err("rename", e, tmp)
+    if failure is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return failure
 
 
 def op_put(req, inp, out):

@@ -197,6 +197,11 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
                 except helper.HelperGone as e:
                     self._helper_failed(e)
                     done = None
+                    # it may have created some of the temporaries (names
+                    # made for this call alone): gone before SFTP makes them
+                    for tmp, *_ in items:
+                        with contextlib.suppress(Exception):
+                            self.unlink(tmp)
             if done is not None:
                 bad = [r for r in done if r is not None]
                 if bad:
