@@ -190,10 +190,12 @@ def discover(
                 if size > policy.max_file_size:
                     hashed[src] = f"{src}: {size} bytes, over max_file_size {policy.max_file_size}"
                 else:
+                    fresh = True
                     if (presend is not None and size >= presend.presend_min
                             and (memo is None or memo.lookup(st) is None)):
                         presend.presend(src, users)  # a big new input: sent to its nodes while hashed
-                    digest, st = hash_and_stat(src, memo, st=st)
+                        fresh = False  # stat it again: it may have changed meanwhile
+                    digest, st = hash_and_stat(src, memo, st=st if fresh else None)
                     hashed[src] = (digest, st.st_size)
             except HashError as e:
                 hashed[src] = str(e)

@@ -59,12 +59,12 @@ DRIVER = textwrap.dedent('''
     SSHTransport.open_write = open_write
     real = inputs.hash_and_stat
 
-    def hash_and_stat(src, memo=None):
+    def hash_and_stat(src, memo=None, **kw):
         if os.path.getsize(src) >= 2 << 20:
             assert started.wait(20), "presend never started"
             os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
             time.sleep(10)
-        return real(src, memo)
+        return real(src, memo, **kw)
 
     inputs.hash_and_stat = hash_and_stat
     sys.exit(cli.main(sys.argv[1:]))
@@ -106,11 +106,11 @@ def test_ctrl_c_while_a_big_input_is_hashed_stops_presends_promptly_in_process(c
     watch = PresendWatch(monkeypatch, slow=0.05)
     real = inputs.hash_and_stat
 
-    def hash_and_stat(src, memo=None):
+    def hash_and_stat(src, memo=None, **kw):
         if os.path.getsize(src) >= 2 * MIB:
             assert watch.started.wait(20)
             raise KeyboardInterrupt
-        return real(src, memo)
+        return real(src, memo, **kw)
 
     monkeypatch.setattr(inputs, "hash_and_stat", hash_and_stat)
     before = {th.ident for th in threading.enumerate()}
