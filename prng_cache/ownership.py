@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
-import os
-import re
-import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 from .errors import UnsafeCacheRootError
+from .layout import (  # noqa: F401 - ROOT_TOKEN_PREFIX, PROCESS_TOKEN: re-exported
+    MARKER_PREFIX, PROCESS_TOKEN, ROOT_TOKEN_PREFIX, TMP_PREFIX, TRASH_PREFIX, new_root_token, owner_label,
+    root_tokens, unique_suffix,
+)
 from .locking import BREAKER_NAME, LOCK_NAME, ManifestLock
 from .manifest import MANIFEST_NAME, SHARD_DIR_PREFIX, Manifest, is_key
 from .manifest_files import ManifestFiles
@@ -61,35 +60,6 @@ LARGE_MANIFEST_BYTES = 16 << 10
 #: a root of 5000 then costs about what it does in a root of 4
 PARTIAL_MIN_ENTRIES = 256
 PARTIAL_RATIO = 8
-
-TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = ".trash-"
-ROOT_TOKEN_PREFIX = ".prng-root-"
-MARKER_PREFIX = ".prng-"
-
-# Names every temporary of this process carries (after the root token), so an
-# interrupted process can remove exactly its own temporaries, at any age.
-PROCESS_TOKEN = secrets.token_hex(4)
-_TOKEN_RE = re.compile(r"[0-9a-f]{16}")  # fullmatch: "$" would allow a final "\n"
-
-
-_SERIAL = itertools.count()
-
-
-def _token() -> str:
-    """Unique within this process (and a forked child: its pid differs);
-    the root is private, so unique is enough. A random token per name cost
-    a getrandom() call per published file."""
-    return f"{os.getpid():x}{next(_SERIAL):08x}"
-
-
-def new_root_token() -> str:
-    return secrets.token_hex(8)
-
-
-def owner_label() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
 
 @dataclass
 class Snapshot:
@@ -143,11 +113,6 @@ class Snapshot:
         """Items of ours recognisable by name alone."""
         return (name in (MANIFEST_NAME, LOCK_NAME) or name in self.manifest.entries
                 or name.startswith(ROOT_TOKEN_PREFIX) or name == self.shard_dir or name in self.leftovers)
-
-
-def root_tokens(listing: dict[str, FileInfo]) -> set[str]:
-    return {n[len(ROOT_TOKEN_PREFIX):] for n, i in listing.items()
-            if n.startswith(ROOT_TOKEN_PREFIX) and _TOKEN_RE.fullmatch(n[len(ROOT_TOKEN_PREFIX):]) and i.is_file}
 
 
 @dataclass
@@ -396,10 +361,10 @@ class CacheRoot(ManifestFiles):
         return min(self.tokens)
 
     def tmp_name(self, what: str = "") -> str:
-        return f"{TMP_PREFIX}{self.token}-{PROCESS_TOKEN}-{what + '-' if what else ''}{_token()}"
+        return f"{TMP_PREFIX}{self.token}-{PROCESS_TOKEN}-{what + '-' if what else ''}{unique_suffix()}"
 
     def trash_name(self) -> str:
-        return f"{TRASH_PREFIX}{self.token}-{PROCESS_TOKEN}-{_token()}"
+        return f"{TRASH_PREFIX}{self.token}-{PROCESS_TOKEN}-{unique_suffix()}"
 
     def refresh_tokens(self) -> set[str]:
         """This root's tokens as the root holds them now (a concurrent

@@ -100,13 +100,13 @@ def _helper_failures_forgotten():
     """Each test starts with no node's python helper remembered as failed
     (a process remembers that for 10 minutes)."""
     try:
-        from prng_cache.transport.ssh import operations
+        from prng_cache.transport.ssh import helper
     except Exception:  # paramiko missing: nothing to forget
         yield
         return
-    operations._helper_failed_at.clear()
+    helper.failed_at.clear()
     yield
-    operations._helper_failed_at.clear()
+    helper.failed_at.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,7 @@ def sharded(monkeypatch):
     of a helper failure from an earlier test of this process."""
     monkeypatch.setattr(manifest, "SHARD_MIN", 64)
     monkeypatch.setattr(manifest, "SHARD_FILL", 8)
-    monkeypatch.setattr(operations, "_helper_failed_at", {})
+    monkeypatch.setattr(ssh_helper, "failed_at", {})
     yield
 
 

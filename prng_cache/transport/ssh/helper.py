@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shlex
+import time
 import zlib
 from typing import Any, Iterable, Iterator
 
@@ -245,3 +246,67 @@ class NodeHelper:
         if not isinstance(results, list) or len(results) != len(items):
             raise HelperGone("helper answered out of protocol (results)")
         return [None if r is None else (r[0], _oserror(r, self.host)) for r in results]
+
+
+#: a node whose helper failed is not asked again by this process for this
+#: long (a python that hangs before its hello costs connect_timeout once)
+HELPER_RETRY_AFTER = 600.0
+#: host -> when its helper last failed in this process
+failed_at: dict[str, float] = {}
+
+
+class HelperUse:
+    """When an SSH transport starts, waits for and gives up on its
+    connection's helper (a part of ``SSHTransport``: uses its connection,
+    settings and error translation). ``self._helper``: (the connection it
+    runs on, the helper or None when it cannot serve there)."""
+
+    _helper: "tuple[Any, NodeHelper | None] | None"
+
+    def _start_helper(self) -> None:
+        conn, h = self._conn, None
+        failed = failed_at.get(self.host)
+        if failed is not None and time.monotonic() - failed < HELPER_RETRY_AFTER:
+            self._helper = (conn, None)
+            return
+        with self._op("exec", "python3"):
+            try:
+                h = NodeHelper(conn.client.get_transport(), self.host, self.settings.connect_timeout,
+                                      self.io_timeout)
+            except Exception as e:
+                if self._is_connection_error(e) and not self._alive():
+                    raise
+                log.debug("%s: python helper failed to start (%s); batches go over SFTP", self.host, e)
+        self._helper = (conn, h)
+
+    def _node_helper(self, start: bool = True, wait: bool | None = None) -> NodeHelper | None:
+        """The helper of this connection when it can serve: started and
+        waited for when ``start`` (a batch worth it); else only if it is up
+        already, or (``wait``) once started. None: SFTP (no helper on this
+        node, or it failed here)."""
+        wait = start if wait is None else wait
+        if not self.settings.node_helper:
+            return None
+        self._session()
+        if self._helper is None or self._helper[0] is not self._conn:
+            if not start:  # not started for this connection (not a stage): SFTP
+                return None
+            self._start_helper()
+        h = self._helper[1]
+        if h is None:
+            return None
+        with self._op("exec", "python3"):
+            try:
+                return h if h.ready(wait=wait) else None
+            except HelperGone as e:
+                log.debug("%s: no python helper (%s); batches go over SFTP", self.host, e)
+                self._helper = (self._helper[0], None)
+                failed_at[self.host] = time.monotonic()
+                return None
+
+    def _helper_failed(self, e: BaseException) -> None:
+        log.warning("%s: python helper failed (%s); using SFTP", self.host, e)
+        failed_at[self.host] = time.monotonic()
+        if self._helper is not None and self._helper[1] is not None:
+            self._helper[1].close()
+            self._helper = (self._helper[0], None)

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import io
 import logging
-import time
 from typing import BinaryIO, Iterator
 
 import paramiko
@@ -44,13 +43,9 @@ HELPER_MIN_READ = 16
 #: helper, started with the stage, is ahead of a find started now); below,
 #: pipelined SFTP unless the helper is up already
 HELPER_MIN_LISTING = FIND_MIN
-#: a node whose helper failed is not asked again by this process for this
-#: long (a python that hangs before its hello costs connect_timeout once)
-HELPER_RETRY_AFTER = 600.0
 #: files read together by read_many in one READ each (OpenSSH answers a READ
 #: with at most 256 KiB)
 READ_MANY_MAX = 200 << 10
-_helper_failed_at: dict[str, float] = {}
 
 
 def _info(a: SFTPAttributes) -> FileInfo:
@@ -75,7 +70,7 @@ def _nlink(longname: str | bytes | None) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
 
 
-class SSHTransport(FailureTranslation, NodeProbe, Transport):
+class SSHTransport(helper.HelperUse, FailureTranslation, NodeProbe, Transport):
     """File operations on a remote node over one SSH connection + one SFTP
     session (see the package docstring).  Not thread-safe: one per node and
     thread, except :meth:`abort`, which another thread may call.
@@ -314,54 +309,6 @@ class SSHTransport(FailureTranslation, NodeProbe, Transport):
         return super().survey(parent, paths)
 
     # --------------------------------------------------- the node's helper
-    def _start_helper(self) -> None:
-        conn, h = self._conn, None
-        failed = _helper_failed_at.get(self.host)
-        if failed is not None and time.monotonic() - failed < HELPER_RETRY_AFTER:
-            self._helper = (conn, None)
-            return
-        with self._op("exec", "python3"):
-            try:
-                h = helper.NodeHelper(conn.client.get_transport(), self.host, self.settings.connect_timeout,
-                                      self.io_timeout)
-            except Exception as e:
-                if self._is_connection_error(e) and not self._alive():
-                    raise
-                log.debug("%s: python helper failed to start (%s); batches go over SFTP", self.host, e)
-        self._helper = (conn, h)
-
-    def _node_helper(self, start: bool = True, wait: bool | None = None) -> helper.NodeHelper | None:
-        """The helper of this connection when it can serve: started and
-        waited for when ``start`` (a batch worth it); else only if it is up
-        already, or (``wait``) once started. None: SFTP (no helper on this
-        node, or it failed here)."""
-        wait = start if wait is None else wait
-        if not self.settings.node_helper:
-            return None
-        self._session()
-        if self._helper is None or self._helper[0] is not self._conn:
-            if not start:  # not started for this connection (not a stage): SFTP
-                return None
-            self._start_helper()
-        h = self._helper[1]
-        if h is None:
-            return None
-        with self._op("exec", "python3"):
-            try:
-                return h if h.ready(wait=wait) else None
-            except helper.HelperGone as e:
-                log.debug("%s: no python helper (%s); batches go over SFTP", self.host, e)
-                self._helper = (self._helper[0], None)
-                _helper_failed_at[self.host] = time.monotonic()
-                return None
-
-    def _helper_failed(self, e: BaseException) -> None:
-        log.warning("%s: python helper failed (%s); using SFTP", self.host, e)
-        _helper_failed_at[self.host] = time.monotonic()
-        if self._helper is not None and self._helper[1] is not None:
-            self._helper[1].close()
-            self._helper = (self._helper[0], None)
-
     def listdirs_attr(self, paths: list[str]) -> dict[str, dict[str, FileInfo] | OSError]:
         """Many directories of one parent: one ``find`` over an exec channel
         (see :mod:`.listing`); else, or for a few, all SFTP listings
