@@ -196,6 +196,32 @@ def _read_exact(inp, n):
     return b"".join(chunks)
 
 
+def _write_new(path, data, mode, crc):
+    """A new file ``path`` (exclusively, never through a symlink, exactly
+    ``mode``: umask is 0) holding ``data``, which must match ``crc`` (a
+    framing fault, never a node's, refuses it). None, or the failure."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    except OSError as e:
+        return _err("create", e, path)
+    failure = None
+    try:
+        if zlib.crc32(data) & 0xFFFFFFFF != crc:
+            raise OSError(errno.EIO, "bytes received differ from the bytes sent")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        failure = _err("write", e, path)
+    finally:
+        try:
+            os.close(fd)
+        except OSError as e:
+            if failure is None:
+                failure = _err("close", e, path)
+    return failure
+
+
 MARK_EVERY = 0.05
 _flushed = [float("-inf")]  # when the marks were last sent
 
@@ -225,27 +251,7 @@ def _put_item(item, inp, out):
         data = _read_exact(inp, size)
         if failure is not None:
             continue
-        path = os.path.join(tmp, _b(hname))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-        except OSError as e:
-            failure = _err("create", e, path)
-            continue
-        try:
-            if zlib.crc32(data) & 0xFFFFFFFF != crc:
-                # a framing fault, never a node's: refuse the file
-                raise OSError(errno.EIO, "bytes received differ from the bytes sent")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as e:
-            failure = _err("write", e, path)
-        finally:
-            try:
-                os.close(fd)
-            except OSError as e:
-                if failure is None:
-                    failure = _err("close", e, path)
+        failure = _write_new(os.path.join(tmp, _b(hname)), data, mode, crc)
     if failure is None and item.get("dst"):
         dst = _b(item["dst"])
         try:
@@ -313,25 +319,9 @@ def _replace_item(item, inp, fds):
     htmp, hdst, size, mode, crc = item
     data = _read_exact(inp, size)
     tmp = _b(htmp)
-    failure = None
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    except OSError as e:
-        return _err("create", e, tmp)
-    try:
-        if zlib.crc32(data) & 0xFFFFFFFF != crc:
-            raise OSError(errno.EIO, "bytes received differ from the bytes sent")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    except OSError as e:
-        failure = _err("write", e, tmp)
-    finally:
-        try:
-            os.close(fd)
-        except OSError as e:
-            if failure is None:
-                failure = _err("close", e, tmp)
+    failure = _write_new(tmp, data, mode, crc)
+    if failure is not None and failure[0] == "create":
+        return failure  # nothing of ours to remove
     if failure is None:
         dst = _b(hdst)
         try:
