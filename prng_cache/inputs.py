@@ -81,10 +81,6 @@ def _under_alias(path: str, aliases: Iterable[tuple[str, str]]) -> bool:
     return any(path.startswith(src) or (norm + "/").startswith(src) for src, _ in aliases)
 
 
-def _matches(path: str, patterns: tuple[str, ...]) -> str | None:
-    return first_match(path, patterns)
-
-
 def job_tokens(job: Any, policy: InputsPolicy, base_dir: str) -> Iterator[str]:
     """Every string of ``job`` that may name an input file: its args' path
     tokens (outputs, URLs, JSON, numbers and flags left out) and the values
@@ -165,11 +161,11 @@ def discover(
                     not_files.add(p)
                     if st is None:
                         absent.add(p)
-                        if looks_like_path(value) and _matches(p, policy.exclude) is None:
+                        if looks_like_path(value) and first_match(p, policy.exclude) is None:
                             d.missing[p] = {jid}
             elif p in d.missing:
                 d.missing[p].add(jid)
-            elif p in absent and looks_like_path(value) and _matches(p, policy.exclude) is None:
+            elif p in absent and looks_like_path(value) and first_match(p, policy.exclude) is None:
                 d.missing[p] = {jid}
     # an aliased argument whose aliased file is not here is left as it is
     for legacy in [q for q, a in d.aliased.items() if a.path not in d.users]:
@@ -209,13 +205,13 @@ def discover(
     # the memo's rows of every candidate in a few queries, not one each
     with memo.prefetched(ident.values()) if memo is not None else nullcontext():
         for p in d.users:
-            pat = _matches(p, policy.exclude)  # exclude wins over include
+            pat = first_match(p, policy.exclude)  # exclude wins over include
             if pat is not None:
                 d.skipped[p] = f"excluded by pattern {pat!r}"
                 continue
             n = len(jobs_of_file[ident[p]])
             scoped = policy.is_run_scoped(p)
-            if n < need and not scoped and _matches(p, policy.include) is None:
+            if n < need and not scoped and first_match(p, policy.include) is None:
                 d.skipped[p] = f"used by {n} job(s), fewer than min_jobs={need}"
                 continue
             parent, name = posixpath.split(p)

@@ -67,3 +67,17 @@ def unrecorded_served(node, rep) -> list[str]:
         if rel.split("/", 1)[0] not in keys:
             out.append(f"{src_path} -> {ram}")
     return out
+
+
+def cold_sharded(cluster, tmp_path, n):
+    """A cold stage of ``n`` files to rig-a, its root sharded into at least
+    HELPER_MIN_READ shards (so they are read and written through the helper)."""
+    from test_faults import assert_consistent
+    node = cluster["rig-a"]
+    paths = many_files(tmp_path / "in", n)
+    policy = make_policy(cluster, tmp_path / "in")
+    rep = stage(cluster, policy, paths, tmp_path / "memo")["rig-a"]
+    assert rep.status == "ok" and len(rep.staged) == n, rep.to_dict()
+    sh = assert_consistent(node).entries.shards
+    assert sh is not None and sh.n >= operations.HELPER_MIN_READ, sh
+    return node, paths, policy, sh

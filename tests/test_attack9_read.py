@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from rt9_common import (check_served, cluster, many_files, make_policy, patch_helper_source, q,  # noqa: F401
+from rt9_common import (check_served, cluster, cold_sharded, many_files, make_policy, patch_helper_source, q,  # noqa: F401
                         root_of, sharded, stage, unrecorded_served)
 from test_faults import assert_consistent
 from prng_cache.transport.ssh import helper as ssh_helper
@@ -17,16 +17,6 @@ from prng_cache.transport.ssh import operations
 
 N = 200
 
-
-def _cold(cluster, tmp_path):
-    node = cluster["rig-a"]
-    paths = many_files(tmp_path / "in", N)
-    policy = make_policy(cluster, tmp_path / "in")
-    rep = stage(cluster, policy, paths, tmp_path / "memo")["rig-a"]
-    assert rep.status == "ok" and len(rep.staged) == N, rep.to_dict()
-    sh = assert_consistent(node).entries.shards
-    assert sh is not None and sh.n >= operations.HELPER_MIN_READ, sh
-    return node, paths, policy, sh
 
 
 def _spy_reads(monkeypatch) -> list:
@@ -64,7 +54,7 @@ def test_shard_read_answer_cut_short_is_never_taken_as_shards(cluster, tmp_path,
     """The helper promises sizes, sends half the bytes, then dies (or
     stalls past the I/O timeout): the coordinator must not take the short
     payload as shards, must fall back to SFTP and stage everything."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     flag = f"{node.shm}/rt9-cut-flag"
     patch_helper_source(monkeypatch, CUT_SRC % {"flag": flag, "then": then})
     monkeypatch.setattr(operations.SSHTransport, "io_timeout", property(lambda self: 4.0))
@@ -110,7 +100,7 @@ def test_shard_swapped_between_lstat_and_open(cluster, tmp_path, monkeypatch, sh
     size of data), grows, or is renamed over by another file of the same
     size: the helper must not block, must not hand those bytes as the
     shard, and the stage must stay correct."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     root = root_of(node)
     shard = f"{root}/{sh.dirname}/{sh.filename(3)}"
     other = f"{root}/{sh.dirname}/{sh.filename(4)}"
@@ -164,7 +154,7 @@ def test_shards_that_are_fifo_dir_and_huge_do_not_block_or_fail_the_node(cluster
     would block forever), a directory, a sparse file larger than any
     shard. The stage must not block, must not fail, and every input it
     serves is right."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     root = root_of(node)
     d = f"{root}/{sh.dirname}"
     f1, f2, f3 = (f"{d}/{sh.filename(i)}" for i in (1, 2, 5))

@@ -9,23 +9,13 @@ import threading
 
 import pytest
 
-from rt9_common import (check_served, cluster, many_files, make_policy, patch_helper_source, q,  # noqa: F401
+from rt9_common import (check_served, cluster, cold_sharded, many_files, make_policy, patch_helper_source, q,  # noqa: F401
                         root_of, sharded, stage, unrecorded_served)
 from test_faults import assert_consistent
 from prng_cache.transport.ssh import helper as ssh_helper
 
 N = 200
 
-
-def _cold(cluster, tmp_path):
-    node = cluster["rig-a"]
-    paths = many_files(tmp_path / "in", N)
-    policy = make_policy(cluster, tmp_path / "in")
-    rep = stage(cluster, policy, paths, tmp_path / "memo")["rig-a"]
-    assert rep.status == "ok" and len(rep.staged) == N, rep.to_dict()
-    sh = assert_consistent(node).entries.shards
-    assert sh is not None and sh.n >= 16, sh
-    return node, paths, policy, sh
 
 
 def _spy_writes(monkeypatch) -> list:
@@ -110,7 +100,7 @@ def test_shm_full_after_the_first_shard_was_replaced(cluster, tmp_path, monkeypa
     over the old one: the rest fail (ENOSPC). Nothing served that the
     manifest does not record; every served file right; the manifest
     readable and consistent; the next stage (space back) stages all."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     new = _more(tmp_path)
     filler = f"{node.shm}/rt9-filler"
     flag, hook = _setup_hook(node, f"head -c 100000000 /dev/zero > {filler}")
@@ -140,7 +130,7 @@ def test_shard_dir_swapped_for_a_symlink_right_before_the_write(cluster, tmp_pat
     files named like the shards: those files are not prng-cache's and must
     never be replaced (the helper's entry listing refuses such swaps with
     O_NOFOLLOW; its shard writes go through the path)."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     new = _more(tmp_path)
     root = root_of(node)
     shard_dir = f"{root}/{sh.dirname}"
@@ -165,7 +155,7 @@ def test_shard_dir_swapped_for_a_symlink_right_before_the_write(cluster, tmp_pat
 def test_shard_dir_removed_right_before_the_write(cluster, tmp_path, monkeypatch, sharded):
     """The shard directory vanishes right before the helper writes into it:
     no tmp left behind, nothing unrecorded served, the next stage whole."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     new = _more(tmp_path)
     root = root_of(node)
     shard_dir = f"{root}/{sh.dirname}"
@@ -194,7 +184,7 @@ def test_helper_dies_mid_replace_with_a_tmp_created(cluster, tmp_path, monkeypat
     writing/renaming it): the coordinator falls back to SFTP for the same
     items. The stage must still commit (a helper's death is not the
     node's), every served file recorded and right, no tmp left over."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     new = _more(tmp_path)
     root = root_of(node)
     flag = f"{node.shm}/rt9-die-flag"
@@ -220,7 +210,7 @@ def test_two_coordinators_commit_to_one_sharded_root_at_once(cluster, tmp_path, 
     """Two stages (separate connections, helpers, memos) add different new
     inputs to one sharded root at the same moment: both commit under the
     lock; the manifest records both; everything served is right."""
-    node, paths, policy, sh = _cold(cluster, tmp_path)
+    node, paths, policy, sh = cold_sharded(cluster, tmp_path, N)
     a = many_files(tmp_path / "in", 80, prefix="a")
     b = many_files(tmp_path / "in", 80, prefix="b")
     reps = {}
