@@ -166,7 +166,8 @@ def test_connection_killed_mid_helper_stream(cluster, src, monkeypatch):
 def test_helper_command_line_is_constant():
     # paths and names travel on stdin: nothing of the node's or the user's
     # reaches the node's shell
-    assert helper.COMMAND == "python3 -I -S -c " + shlex.quote(helper._BOOT)
+    args = " -I -S -c " + shlex.quote(helper._BOOT)
+    assert helper.COMMAND == f"test -x /usr/bin/python3 && exec /usr/bin/python3{args} || exec python3{args}"
 
 
 def test_python3_that_hangs_before_hello_costs_connect_timeout_once(cluster, src, monkeypatch):
