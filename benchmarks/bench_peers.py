@@ -7,6 +7,9 @@ in one run, interleaved so that the machine's drift hits every tool:
 - cold: N inputs of 10 KB to both nodes (fresh root, fresh hash memo for
   prng-cache; a fresh directory for rsync and scp);
 - warm: the same again (nothing to copy; prng-cache with its memo warm);
+- step 3 chunks: ``--chunks`` inputs of 600 KB (the users' step 3 seeds
+  files, one per job; ~96% of a job's input bytes), cold and warm, against
+  the same peers: where the bytes, not the per-file work, decide;
 - warm 4 in many: a warm stage of 4 inputs in a root that also holds the
   ``--sizes`` largest other entries, against the same stage in a root that
   holds only those 4; without a lease (``prng-cache stage``) and with one (as
@@ -19,7 +22,7 @@ parallel (one process per node) through the cluster's ssh config. Client
 memory is the peak RSS above the baseline while staging the largest size
 cold (VmHWM reset first).
 
-    python3 benchmarks/bench_peers.py [--sizes 1000 5000] [--repeats 3] [--quick]
+    python3 benchmarks/bench_peers.py [--sizes 1000 5000] [--chunks 300] [--repeats 3] [--quick]
 
 Results: printed, written to benchmarks/results/peers.json and peers.png
 (``--quick``: peers-quick.*).
@@ -47,6 +50,8 @@ from prng_cache.store import LeaseRequest
 from prng_cache.testing.sshcluster import SSHCluster
 
 FILE_BYTES = 10_000
+#: the users' step 3 seeds file at chunk size 1000 (PIPELINE: ~600 KB)
+CHUNK_BYTES = 600_000
 ARGS_PER_JOB = 50
 
 
@@ -67,13 +72,13 @@ def _reset_peak() -> bool:
         return False
 
 
-def make_files(d: str, n: int, prefix: str) -> list[str]:
+def make_files(d: str, n: int, prefix: str, size: int = FILE_BYTES, ext: str = "npz") -> list[str]:
     os.makedirs(d, exist_ok=True)
     paths = []
     for i in range(n):
-        p = os.path.join(d, f"{prefix}{i:05d}.npz")
+        p = os.path.join(d, f"{prefix}{i:05d}.{ext}")
         with open(p, "wb") as f:
-            f.write(os.urandom(FILE_BYTES))
+            f.write(os.urandom(size))
         paths.append(p)
     return paths
 
@@ -134,19 +139,20 @@ class Runner:
 def main() -> int:
     ap = argparse.ArgumentParser(description="many small inputs: prng-cache vs rsync -a and scp -r")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000], help="numbers of 10 KB inputs")
+    ap.add_argument("--chunks", type=int, default=300, help="number of 600 KB inputs (step 3 shape; 0: none)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="200 inputs, 1 repeat")
+    ap.add_argument("--quick", action="store_true", help="200 inputs, 20 chunks, 1 repeat")
     ap.add_argument("--workdir", default="/var/tmp", help="where inputs are written (a real disk)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--no-plot", action="store_true")
     a = ap.parse_args()
     if a.quick:
-        a.sizes, a.repeats = [200], 1
+        a.sizes, a.chunks, a.repeats = [200], 20, 1
     sizes = sorted(a.sizes)
     big = sizes[-1]
 
     work = tempfile.mkdtemp(prefix="prng-peersbench-", dir=a.workdir)
-    cluster = SSHCluster(os.path.join(work, "cluster"), 2, tmpfs_size=f"{max(256, big * 60 // 1000 + 128)}m")
+    cluster = SSHCluster(os.path.join(work, "cluster"), 2, tmpfs_size=f"{max(256, big * 60 // 1000 + 128) + a.chunks * 3 * CHUNK_BYTES // (1 << 20)}m")
     rows: dict[str, list[float]] = {}
     mem: list[float] = []
 
@@ -158,7 +164,8 @@ def main() -> int:
         r = Runner(cluster, work)
         sets = {n: make_files(os.path.join(work, f"in-{n}"), n, f"f{n}-") for n in sizes}
         four = make_files(os.path.join(work, "four"), 4, "four-")
-        age_files([p for ps in sets.values() for p in ps] + four)
+        chunks = make_files(os.path.join(work, "chunks"), a.chunks, "chunk_", CHUNK_BYTES, "json")
+        age_files([p for ps in sets.values() for p in ps] + four + chunks)
         for rep in range(a.repeats):
             for n in sizes:
                 src = os.path.join(work, f"in-{n}")
@@ -174,6 +181,14 @@ def main() -> int:
                 # warm: nothing changed
                 add(f"rsync_warm_{n}", r.rsync(src, f"/dev/shm/rs-{rep}-{n}"))
                 add(f"prng_warm_{n}", r.stage(root, sets[n], os.path.join(work, f"memo-{rep}-{n}")))
+            if chunks:  # step 3 shape; each tool into a fresh directory, then again
+                src = os.path.join(work, "chunks")
+                add("rsync_cold_chunks", r.rsync(src, f"/dev/shm/rs-{rep}-chunks"))
+                add("scp_cold_chunks", r.scp(src, f"/dev/shm/scp-{rep}-chunks"))
+                root, memo = f"/dev/shm/pc-{rep}-chunks", os.path.join(work, f"memo-{rep}-chunks")
+                add("prng_cold_chunks", r.stage(root, chunks, memo))
+                add("rsync_warm_chunks", r.rsync(src, f"/dev/shm/rs-{rep}-chunks"))
+                add("prng_warm_chunks", r.stage(root, chunks, memo))
             # 4 inputs warm: in the root holding the largest set, and alone
             crowded, alone = f"/dev/shm/pc-{rep}-{big}", f"/dev/shm/pc-{rep}-four"
             memo4 = os.path.join(work, f"memo-{rep}-four")
@@ -192,7 +207,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in rows.items()}
-    doc: dict = {"file_bytes": FILE_BYTES, "nodes": 2, "repeats": a.repeats, "sizes": sizes, "scenarios": {}}
+    doc: dict = {"file_bytes": FILE_BYTES, "nodes": 2, "repeats": a.repeats, "sizes": sizes, "scenarios": {},
+                 "chunks": {"files": a.chunks, "file_bytes": CHUNK_BYTES}}
     lines = [f"\nMany small inputs ({FILE_BYTES // 1000} KB each) to 2 nodes, median of {a.repeats} (same run)",
              f"  {'scenario':<26}{'prng-cache':>12}{'rsync -a':>12}{'scp -r':>12}{'prng/rsync':>12}"]
     for n in sizes:
@@ -203,6 +219,14 @@ def main() -> int:
                                                "ratio_vs_rsync": p / rs, "goal_ratio": 1.0}
             lines.append(f"  {kind + f' {n} files':<26}{p:>11.3f}s{rs:>11.3f}s"
                          f"{(f'{sc:.3f}s' if sc else '-'):>12}{p / rs:>11.2f}x")
+    if a.chunks:
+        for kind in ("cold", "warm"):
+            p, rs = med[f"prng_{kind}_chunks"], med[f"rsync_{kind}_chunks"]
+            sc = med.get(f"scp_{kind}_chunks")
+            doc["scenarios"][f"{kind}_chunks"] = {"prng_cache_s": p, "rsync_s": rs, "scp_s": sc,
+                                                  "ratio_vs_rsync": p / rs}
+            lines.append(f"  {kind + f' {a.chunks} x 600 KB':<26}{p:>11.3f}s{rs:>11.3f}s"
+                         f"{(f'{sc:.3f}s' if sc else '-'):>12}{p / rs:>11.2f}x   (step 3 seeds files)")
     crowd, alone = min(rows["prng_warm4_crowded_one"]), min(rows["prng_warm4_alone_one"])
     doc["scenarios"]["warm4_in_many"] = {"crowded_s": crowd, "alone_s": alone, "others": big,
                                          "ratio": crowd / alone, "goal_ratio": 1.2}

@@ -170,6 +170,18 @@ def test_helper_command_line_is_constant():
     assert helper.COMMAND == f"test -x /usr/bin/python3 && exec /usr/bin/python3{args} || exec python3{args}"
 
 
+def test_coalesced_keeps_every_byte_in_order_and_passes_big_parts_through():
+    parts = [b"a" * 10, b"b" * 300_000, b"c" * 5, b"d" * 400_000, b"e" * 700_000, b"", b"f" * 3]
+    out = list(helper._coalesced(parts, size=1 << 20))
+    assert b"".join(out) == b"".join(parts)
+    # the 300/400/700 KB parts (>= 256 KB) are sent as they are, not copied into a run
+    assert [len(o) for o in out] == [10, 300_000, 5, 400_000, 700_000, 3]
+    assert out[1] is parts[1] and out[4] is parts[4]
+    small = [bytes([i % 256]) * 1000 for i in range(3000)]
+    runs = list(helper._coalesced(small, size=1 << 20))
+    assert b"".join(runs) == b"".join(small) and len(runs) == 3  # ~1 MB runs
+
+
 def test_python3_that_hangs_before_hello_costs_connect_timeout_once(cluster, src, monkeypatch):
     node = cluster["rig-a"]
     monkeypatch.setattr(helper, "COMMAND", "sleep 600; " + helper.COMMAND)  # stuck before python starts
