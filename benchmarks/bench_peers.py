@@ -10,6 +10,9 @@ in one run, interleaved so that the machine's drift hits every tool:
 - step 3 chunks: ``--chunks`` inputs of 600 KB (the users' step 3 seeds
   files, one per job; ~96% of a job's input bytes), cold and warm, against
   the same peers: where the bytes, not the per-file work, decide;
+- nodes: 4 inputs (cold, then warm) to 1, 2, 4 and 8 nodes at once
+  (``--nodes``): the time should stay flat as nodes are added (issue 12:
+  "8 nodes still flat"); rsync and scp start one ssh per node;
 - warm 4 in many: a warm stage of 4 inputs in a root that also holds the
   ``--sizes`` largest other entries, against the same stage in a root that
   holds only those 4; without a lease (``prng-cache stage``) and with one (as
@@ -22,7 +25,8 @@ parallel (one process per node) through the cluster's ssh config. Client
 memory is the peak RSS above the baseline while staging the largest size
 cold (VmHWM reset first).
 
-    python3 benchmarks/bench_peers.py [--sizes 1000 5000] [--chunks 300] [--repeats 3] [--quick]
+    python3 benchmarks/bench_peers.py [--sizes 1000 5000] [--chunks 300] [--nodes 1 2 4 8]
+                                      [--repeats 3] [--quick]
 
 Results: printed, written to benchmarks/results/peers.json and peers.png
 (``--quick``: peers-quick.*).
@@ -34,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,6 +77,14 @@ def _reset_peak() -> bool:
         return False
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (all its threads): the coordinator's own
+    cost, which on a real cluster is all that grows with the nodes (here
+    every node's sshd also runs on this machine's cores)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def make_files(d: str, n: int, prefix: str, size: int = FILE_BYTES, ext: str = "npz") -> list[str]:
     os.makedirs(d, exist_ok=True)
     paths = []
@@ -101,11 +114,12 @@ def parallel(argvs: list[list[str]]) -> float:
 
 
 class Runner:
-    def __init__(self, cluster: SSHCluster, work: str):
+    def __init__(self, cluster: SSHCluster, work: str, nodes: int | None = None):
+        """Stages to the first ``nodes`` nodes of ``cluster`` (all: None)."""
         self.cluster = cluster
         self.work = work
         self.cfg = str(cluster.ssh_config)
-        self.hosts = [n.name for n in cluster]
+        self.hosts = [n.name for n in cluster][:nodes]
         self.nodes = [Node(h, cluster.user) for h in self.hosts]
         self.transport = cluster.policy()
 
@@ -140,6 +154,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="many small inputs: prng-cache vs rsync -a and scp -r")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000], help="numbers of 10 KB inputs")
     ap.add_argument("--chunks", type=int, default=300, help="number of 600 KB inputs (step 3 shape; 0: none)")
+    ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4, 8],
+                    help="node counts for the 4-input scaling scenario")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="200 inputs, 20 chunks, 1 repeat")
     ap.add_argument("--workdir", default="/var/tmp", help="where inputs are written (a real disk)")
@@ -147,12 +163,12 @@ def main() -> int:
     ap.add_argument("--no-plot", action="store_true")
     a = ap.parse_args()
     if a.quick:
-        a.sizes, a.chunks, a.repeats = [200], 20, 1
+        a.sizes, a.chunks, a.nodes, a.repeats = [200], 20, [1, 2], 1
     sizes = sorted(a.sizes)
     big = sizes[-1]
 
     work = tempfile.mkdtemp(prefix="prng-peersbench-", dir=a.workdir)
-    cluster = SSHCluster(os.path.join(work, "cluster"), 2, tmpfs_size=f"{max(256, big * 60 // 1000 + 128) + a.chunks * 3 * CHUNK_BYTES // (1 << 20)}m")
+    cluster = SSHCluster(os.path.join(work, "cluster"), max(2, *a.nodes), tmpfs_size=f"{max(256, big * 60 // 1000 + 128) + a.chunks * 3 * CHUNK_BYTES // (1 << 20)}m")
     rows: dict[str, list[float]] = {}
     mem: list[float] = []
 
@@ -161,7 +177,7 @@ def main() -> int:
 
     try:
         cluster.start()
-        r = Runner(cluster, work)
+        r = Runner(cluster, work, 2)
         sets = {n: make_files(os.path.join(work, f"in-{n}"), n, f"f{n}-") for n in sizes}
         four = make_files(os.path.join(work, "four"), 4, "four-")
         chunks = make_files(os.path.join(work, "chunks"), a.chunks, "chunk_", CHUNK_BYTES, "json")
@@ -189,6 +205,17 @@ def main() -> int:
                 add("prng_cold_chunks", r.stage(root, chunks, memo))
                 add("rsync_warm_chunks", r.rsync(src, f"/dev/shm/rs-{rep}-chunks"))
                 add("prng_warm_chunks", r.stage(root, chunks, memo))
+            for k in sorted(set(a.nodes)):  # 4 inputs to k nodes at once, cold then warm
+                rk = Runner(cluster, work, k)
+                src, dest = os.path.join(work, "four"), f"/dev/shm/rs-{rep}-n{k}"
+                add(f"rsync_cold_n{k}", rk.rsync(src, dest))
+                add(f"scp_cold_n{k}", rk.scp(src, f"/dev/shm/scp-{rep}-n{k}"))
+                root, memo = f"/dev/shm/pc-{rep}-n{k}", os.path.join(work, f"memo-{rep}-n{k}")
+                add(f"prng_cold_n{k}", rk.stage(root, four, memo))
+                add(f"rsync_warm_n{k}", rk.rsync(src, dest))
+                cpu = _cpu()
+                add(f"prng_warm_n{k}", rk.stage(root, four, memo))
+                add(f"prng_warm_cpu_n{k}", _cpu() - cpu)
             # 4 inputs warm: in the root holding the largest set, and alone
             crowded, alone = f"/dev/shm/pc-{rep}-{big}", f"/dev/shm/pc-{rep}-four"
             memo4 = os.path.join(work, f"memo-{rep}-four")
@@ -227,6 +254,22 @@ def main() -> int:
                                                   "ratio_vs_rsync": p / rs}
             lines.append(f"  {kind + f' {a.chunks} x 600 KB':<26}{p:>11.3f}s{rs:>11.3f}s"
                          f"{(f'{sc:.3f}s' if sc else '-'):>12}{p / rs:>11.2f}x   (step 3 seeds files)")
+    ks = sorted(set(a.nodes))
+    doc["nodes_scaling"] = {}
+    for kind in ("cold", "warm"):
+        one = med[f"prng_{kind}_n{ks[0]}"]
+        for k in ks:
+            p, rs = med[f"prng_{kind}_n{k}"], med[f"rsync_{kind}_n{k}"]
+            sc = med.get(f"scp_{kind}_n{k}")
+            row = doc["nodes_scaling"][f"{kind}_n{k}"] = {
+                "nodes": k, "prng_cache_s": p, "rsync_s": rs, "scp_s": sc, "ratio_vs_rsync": p / rs,
+                f"vs_{ks[0]}_node": p / one}
+            cpu = med.get(f"prng_{kind}_cpu_n{k}")
+            if cpu is not None:
+                row["prng_cache_cpu_s"] = cpu
+            lines.append(f"  {kind + f' 4 inputs, {k} node' + ('s' if k > 1 else ''):<26}{p:>11.3f}s{rs:>11.3f}s"
+                         f"{(f'{sc:.3f}s' if sc else '-'):>12}{p / rs:>11.2f}x   ({p / one:.2f}x {ks[0]} node"
+                         + (f"; coordinator CPU {cpu * 1000:.0f} ms)" if cpu is not None else ")"))
     crowd, alone = min(rows["prng_warm4_crowded_one"]), min(rows["prng_warm4_alone_one"])
     doc["scenarios"]["warm4_in_many"] = {"crowded_s": crowd, "alone_s": alone, "others": big,
                                          "ratio": crowd / alone, "goal_ratio": 1.2}

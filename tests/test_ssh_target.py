@@ -80,3 +80,29 @@ def test_one_hop_and_chains_resolve_from_config_and_policy(tmp_path):
     assert [(h.hostname, h.port, h.username) for h in pol.jumps] == [("gw.example", 2299, "other")]
     with pytest.raises(TransportError, match=r"bad jump host list 'gw:99999'.*out of range"):
         resolve_target("bad", settings=settings)
+
+
+def test_an_ssh_config_is_parsed_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    from prng_cache.transport.ssh import target as tg
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text("Host rig-a\n  HostName 10.0.0.1\n  Port 2201\n")
+    policy = TransportPolicy(ssh_config=str(cfg))
+    parses = []
+    orig = tg._SSHConfig.from_path.__func__
+    monkeypatch.setattr(tg._SSHConfig, "from_path", classmethod(lambda cls, p: parses.append(p) or orig(cls, p)))
+    monkeypatch.setattr(tg, "_parsed", {})
+    for _ in range(3):  # a stage resolves each node about three times
+        t = resolve_target("rig-a", settings=policy)
+        assert (t.hostname, t.port) == ("10.0.0.1", 2201)
+    assert len(parses) == 1
+    # edited (even within the same second, with the same size): read again
+    cfg.write_text("Host rig-a\n  HostName 10.0.0.2\n  Port 2202\n")
+    t = resolve_target("rig-a", settings=policy)
+    assert (t.hostname, t.port) == ("10.0.0.2", 2202) and len(parses) == 2
+    # replaced by a broken one: the error names the file, as before
+    cfg.write_text("Host rig-a\n  Port\n")
+    with pytest.raises(TransportError, match="cannot parse ssh config"):
+        resolve_target("rig-a", settings=policy)
+    # removed: no config, the name is used as it is
+    cfg.unlink()
+    assert resolve_target("rig-a", settings=policy).hostname == "rig-a"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import stat
 from dataclasses import dataclass, replace
 
 import paramiko
@@ -92,14 +93,32 @@ def check_names(host: str, username: str | None = None) -> None:
             )
 
 
+#: parsed ssh configs by file identity: a stage resolves each node about
+#: three times, and parsing the whole file each time was half of the
+#: coordinator's CPU per node (an edited file has a new identity)
+_parsed: dict[tuple, paramiko.SSHConfig] = {}
+
+
 def _load_ssh_config(path: str | None, host: str) -> paramiko.SSHConfig:
     if path:
         p = os.path.expanduser(path)
-        if os.path.isfile(p):
+        try:
+            st = os.stat(p)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            key = (p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            cfg = _parsed.get(key)
+            if cfg is not None:
+                return cfg  # lookups only read it (paramiko copies what it returns)
             try:
-                return _SSHConfig.from_path(p)
+                cfg = _SSHConfig.from_path(p)
             except Exception as e:  # malformed config: be explicit about it
                 raise TransportError(host, f"cannot parse ssh config {p}: {e}") from e
+            if len(_parsed) >= 8:
+                _parsed.clear()
+            _parsed[key] = cfg
+            return cfg
     return _SSHConfig()
 
 
