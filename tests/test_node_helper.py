@@ -372,3 +372,19 @@ def test_node_helper_replaces_files_exactly_and_removes_what_failed(tmp_path):
     assert (d / "empty").read_bytes() == b"" and stat.S_IMODE((d / "empty").stat().st_mode) == 0o400
     assert (d / ".tmp-taken").read_bytes() == b"someone's"  # not ours: untouched
     assert sorted(os.listdir(d)) == [".tmp-taken", "dst1", "empty"]  # the failed rename's tmp removed
+
+
+def test_a_channel_shut_for_sending_fails_the_helper_instead_of_spinning(cluster):
+    # paramiko's send returns 0 once the channel's write side is shut, and
+    # sendall would loop on it forever: the request fails (HelperGone, the
+    # caller falls back to SFTP) at once
+    from prng_cache.transport.ssh import SSHTransport
+    with SSHTransport("rig-a", cluster.user, settings=cluster.policy()) as t:
+        t.connect()
+        h = t._node_helper(start=True, wait=True)
+        assert h is not None and h.ready(True)
+        h._chan.shutdown_write()
+        t0 = time.monotonic()
+        with pytest.raises(helper.HelperGone, match="takes no more data"):
+            h.listdir_attr("/")
+        assert time.monotonic() - t0 < 5

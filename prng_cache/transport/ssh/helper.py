@@ -97,7 +97,10 @@ def _send_all(chan, data: bytes) -> None:
     after every packet (32 KB), copying a 1 MB run about 16 times over."""
     view = memoryview(data)
     while view:
-        view = view[chan.send(view):]
+        sent = chan.send(view)
+        if not sent:  # the channel was shut for sending: sendall would spin here
+            raise EOFError("the helper's channel takes no more data")
+        view = view[sent:]
 
 
 class NodeHelper:
