@@ -3,6 +3,8 @@ ProxyJump chains, and which route a resolved target takes."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from prng_cache.errors import TransportError
@@ -88,15 +90,17 @@ def test_an_ssh_config_is_parsed_once_and_again_when_it_changes(tmp_path, monkey
     cfg.write_text("Host rig-a\n  HostName 10.0.0.1\n  Port 2201\n")
     policy = TransportPolicy(ssh_config=str(cfg))
     parses = []
-    orig = tg._SSHConfig.from_path.__func__
-    monkeypatch.setattr(tg._SSHConfig, "from_path", classmethod(lambda cls, p: parses.append(p) or orig(cls, p)))
+    orig = tg._SSHConfig.from_text.__func__
+    monkeypatch.setattr(tg._SSHConfig, "from_text", classmethod(lambda cls, t: parses.append(t) or orig(cls, t)))
     monkeypatch.setattr(tg, "_parsed", {})
     for _ in range(3):  # a stage resolves each node about three times
         t = resolve_target("rig-a", settings=policy)
         assert (t.hostname, t.port) == ("10.0.0.1", 2201)
     assert len(parses) == 1
-    # edited (even within the same second, with the same size): read again
+    # edited with the same size and its times put back: read again
+    st = cfg.stat()
     cfg.write_text("Host rig-a\n  HostName 10.0.0.2\n  Port 2202\n")
+    os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns))
     t = resolve_target("rig-a", settings=policy)
     assert (t.hostname, t.port) == ("10.0.0.2", 2202) and len(parses) == 2
     # replaced by a broken one: the error names the file, as before

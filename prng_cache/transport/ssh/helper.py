@@ -149,8 +149,18 @@ class NodeHelper:
         self._hello = True
         return True
 
-    def close(self) -> None:
+    def close(self, settle: float = 0.0) -> None:
+        """``settle``: first end the helper's input and wait up to that long
+        for it to exit. A helper given up on mid-request still finishes
+        (renames into place) what it had fully received; waiting for it
+        makes that happen before the caller retries the same items over SFTP
+        and settles what is there, not after."""
         try:
+            if settle > 0 and not self._chan.closed:
+                self._chan.shutdown_write()
+                deadline = time.monotonic() + settle
+                while not self._chan.exit_status_ready() and time.monotonic() < deadline:
+                    time.sleep(0.01)
             self._chan.close()
         except Exception:
             pass
@@ -273,6 +283,9 @@ class NodeHelper:
 #: a node whose helper failed is not asked again by this process for this
 #: long (a python that hangs before its hello costs connect_timeout once)
 HELPER_RETRY_AFTER = 600.0
+#: how long a failed helper is given to finish what it had received (see
+#: NodeHelper.close) before SFTP takes over
+HELPER_SETTLE = 2.0
 #: host -> when its helper last failed in this process
 failed_at: dict[str, float] = {}
 
@@ -330,5 +343,5 @@ class HelperUse:
         log.warning("%s: python helper failed (%s); using SFTP", self.host, e)
         failed_at[self.host] = time.monotonic()
         if self._helper is not None and self._helper[1] is not None:
-            self._helper[1].close()
+            self._helper[1].close(settle=HELPER_SETTLE)
             self._helper = (self._helper[0], None)

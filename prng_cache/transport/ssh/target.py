@@ -93,10 +93,13 @@ def check_names(host: str, username: str | None = None) -> None:
             )
 
 
-#: parsed ssh configs by file identity: a stage resolves each node about
-#: three times, and parsing the whole file each time was half of the
-#: coordinator's CPU per node (an edited file has a new identity)
-_parsed: dict[tuple, paramiko.SSHConfig] = {}
+#: parsed ssh configs by their text: a stage resolves each node about three
+#: times, and parsing the whole file each time was half of the coordinator's
+#: CPU per node. Keyed by what was read, not by the file's identity: a stat
+#: taken apart from the read (the file replaced, a symlink switched in
+#: between) or timestamps too coarse to tell two edits apart (kernels before
+#: 6.13, NFS) would serve another config than the file holds now
+_parsed: dict[str, paramiko.SSHConfig] = {}
 
 
 def _load_ssh_config(path: str | None, host: str) -> paramiko.SSHConfig:
@@ -107,17 +110,25 @@ def _load_ssh_config(path: str | None, host: str) -> paramiko.SSHConfig:
         except OSError:
             st = None
         if st is not None and stat.S_ISREG(st.st_mode):
-            key = (p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            cfg = _parsed.get(key)
+            try:
+                # non-blocking: a FIFO put there after the stat never blocks a stage
+                fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+                with open(fd) as f:  # decoded as paramiko's from_path does
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        return _SSHConfig()  # replaced by something else meanwhile: as if absent
+                    text = f.read()
+            except Exception as e:  # unreadable: be explicit about it, as before
+                raise TransportError(host, f"cannot parse ssh config {p}: {e}") from e
+            cfg = _parsed.get(text)
             if cfg is not None:
                 return cfg  # lookups only read it (paramiko copies what it returns)
             try:
-                cfg = _SSHConfig.from_path(p)
+                cfg = _SSHConfig.from_text(text)
             except Exception as e:  # malformed config: be explicit about it
                 raise TransportError(host, f"cannot parse ssh config {p}: {e}") from e
             if len(_parsed) >= 8:
                 _parsed.clear()
-            _parsed[key] = cfg
+            _parsed[text] = cfg
             return cfg
     return _SSHConfig()
 
