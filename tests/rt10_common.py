@@ -132,24 +132,21 @@ def fake_python(d, kind: str) -> str:
     elif kind == "directory":
         p.mkdir(mode=0o755)
         return str(p)
-    elif kind == "python2":
-        target = "/root/.pyenv/versions/2.7.18/bin/python2.7"
+    elif kind in _OTHER_PYTHONS:  # a real other interpreter of this machine, when it has one
+        target = _OTHER_PYTHONS[kind]
         if not os.path.exists(target):
             import pytest
-            pytest.skip("no python2.7 here")
-        os.symlink(target, p)
-        return str(p)
-    elif kind == "python3.6":
-        target = "/root/.pyenv/versions/3.6.15/bin/python3.6"
-        if not os.path.exists(target):
-            import pytest
-            pytest.skip("no python3.6 here")
+            pytest.skip(f"no {kind} here")
         os.symlink(target, p)
         return str(p)
     else:
         raise ValueError(kind)
     p.chmod(p.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return str(p)
+
+
+_OTHER_PYTHONS = {"python2": "/root/.pyenv/versions/2.7.18/bin/python2.7",
+                  "python3.6": "/root/.pyenv/versions/3.6.15/bin/python3.6"}
 
 
 def sh_quote(s: str) -> str:
