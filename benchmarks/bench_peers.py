@@ -29,6 +29,13 @@ cold (VmHWM reset first).
 
     python3 benchmarks/bench_peers.py [--sizes 1000 5000] [--chunks 300] [--nodes 1 2 4 8]
                                       [--repeats 3] [--quick]
+                                      [--hosts rig-a rig-b ... [--ssh-config F] [--known-hosts F]]
+
+``--hosts``: the same scenarios on nodes you already have (separate machines:
+what this one-machine cluster cannot show, since here every node's sshd
+shares the coordinator's cores), through your ssh config and known_hosts;
+each node needs ``rsync`` and everything is written under a new directory in
+its /dev/shm, removed at the end.
 
 Results: printed, written to benchmarks/results/peers.json and peers.png
 (``--quick``: peers-quick.*).
@@ -37,6 +44,7 @@ Results: printed, written to benchmarks/results/peers.json and peers.png
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -115,6 +123,46 @@ def parallel(argvs: list[list[str]]) -> float:
     return time.perf_counter() - t
 
 
+class RealNodes:
+    """Nodes you already have (``--hosts``), reached through your ssh config,
+    in the shape of the embedded cluster that the scenarios use. Everything
+    this run writes on them is under one new directory in their /dev/shm,
+    removed at the end."""
+
+    isolated = None
+
+    def __init__(self, hosts: list[str], ssh_config: str, known_hosts: str | None, user: str | None):
+        self.hosts, self.ssh_config, self.user = hosts, os.path.expanduser(ssh_config), user
+        self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+        # made of safe characters only: it is part of remote command lines below
+        self.shm = f"/dev/shm/prng-peersbench-{os.getpid()}-{int(time.time())}"
+
+    class _Node:
+        def __init__(self, nodes: "RealNodes", name: str):
+            self.nodes, self.name = nodes, name
+
+        def run(self, cmd: str) -> None:
+            subprocess.run(["ssh", "-F", self.nodes.ssh_config, "-o", "BatchMode=yes", "--", self.name, cmd],
+                           check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
+    def __iter__(self):
+        return iter([self._Node(self, h) for h in self.hosts])
+
+    def policy(self):
+        from prng_cache.policy import TransportPolicy
+        return TransportPolicy(ssh_config=self.ssh_config, known_hosts=self.known_hosts, strict_host_keys=True,
+                               connect_timeout=10.0)
+
+    def start(self) -> None:
+        for n in self:
+            n.run(f"mkdir -m 700 {self.shm}")
+
+    def stop(self) -> None:
+        for n in self:
+            with contextlib.suppress(Exception):
+                n.run(f"rm -rf {self.shm}")
+
+
 class Runner:
     def __init__(self, cluster: SSHCluster, work: str, nodes: int | None = None):
         """Stages to the first ``nodes`` nodes of ``cluster`` (all: None)."""
@@ -124,6 +172,7 @@ class Runner:
         self.hosts = [n.name for n in cluster][:nodes]
         self.nodes = [Node(h, cluster.user) for h in self.hosts]
         self.transport = cluster.policy()
+        self.shm = cluster.shm
 
     def stage(self, root: str, paths: list[str], memo: str, lease: str | None = None) -> float:
         policy = Policy(transport=self.transport, capacity=CapacityPolicy(max_percent=100.0),
@@ -181,7 +230,7 @@ class Runner:
 
     def clean(self) -> None:
         for n in self.cluster:
-            n.run("rm -rf /dev/shm/pc-* /dev/shm/rs-* /dev/shm/scp-*")
+            n.run(f"rm -rf {self.shm}/pc-* {self.shm}/rs-* {self.shm}/scp-*")
 
 
 def main() -> int:
@@ -195,14 +244,29 @@ def main() -> int:
     ap.add_argument("--workdir", default="/var/tmp", help="where inputs are written (a real disk)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--hosts", nargs="+", help="measure on these nodes of yours instead of the embedded cluster "
+                    "(through --ssh-config; everything under a new directory in their /dev/shm, removed after)")
+    ap.add_argument("--ssh-config", default="~/.ssh/config")
+    ap.add_argument("--known-hosts", default=None, help="default: ~/.ssh/known_hosts")
+    ap.add_argument("--user", default=None)
     a = ap.parse_args()
+    if a.hosts and len(a.hosts) < 2:
+        ap.error("--hosts: at least 2 nodes (the scenarios stage to 2 at once)")
     if a.quick:
         a.sizes, a.chunks, a.nodes, a.repeats = [200], 20, [1, 2], 1
+    if a.hosts:
+        a.nodes = [k for k in a.nodes if k <= len(a.hosts)] or [1]
     sizes = sorted(a.sizes)
     big = sizes[-1]
 
     work = tempfile.mkdtemp(prefix="prng-peersbench-", dir=a.workdir)
-    cluster = SSHCluster(os.path.join(work, "cluster"), max(2, *a.nodes), tmpfs_size=f"{max(256, big * 60 // 1000 + 128) + a.chunks * 3 * CHUNK_BYTES // (1 << 20)}m")
+    if a.hosts:
+        cluster = RealNodes(a.hosts, a.ssh_config, a.known_hosts, a.user)
+    else:
+        cluster = SSHCluster(os.path.join(work, "cluster"), max(2, *a.nodes),
+                             tmpfs_size=f"{max(256, big * 60 // 1000 + 128) + a.chunks * 3 * CHUNK_BYTES // (1 << 20)}m")
+        cluster.shm = "/dev/shm"  # each embedded node has its own
+    shm = cluster.shm
     rows: dict[str, list[float]] = {}
     mem: list[float] = []
 
@@ -220,44 +284,44 @@ def main() -> int:
             for n in sizes:
                 src = os.path.join(work, f"in-{n}")
                 # cold, each tool into a fresh directory
-                add(f"rsync_cold_{n}", r.rsync(src, f"/dev/shm/rs-{rep}-{n}"))
-                add(f"scp_cold_{n}", r.scp(src, f"/dev/shm/scp-{rep}-{n}"))
-                root = f"/dev/shm/pc-{rep}-{n}"
+                add(f"rsync_cold_{n}", r.rsync(src, f"{shm}/rs-{rep}-{n}"))
+                add(f"scp_cold_{n}", r.scp(src, f"{shm}/scp-{rep}-{n}"))
+                root = f"{shm}/pc-{rep}-{n}"
                 peak = n == big and _reset_peak()
                 base = _rss("VmRSS:")
                 add(f"prng_cold_{n}", r.stage(root, sets[n], os.path.join(work, f"memo-{rep}-{n}")))
                 if peak:
                     mem.append((_rss("VmHWM:") - base) / (1 << 20))
                 # warm: nothing changed
-                add(f"rsync_warm_{n}", r.rsync(src, f"/dev/shm/rs-{rep}-{n}"))
+                add(f"rsync_warm_{n}", r.rsync(src, f"{shm}/rs-{rep}-{n}"))
                 add(f"prng_warm_{n}", r.stage(root, sets[n], os.path.join(work, f"memo-{rep}-{n}")))
             if chunks:  # step 3 shape; each tool into a fresh directory, then again
                 src = os.path.join(work, "chunks")
-                add("rsync_cold_chunks", r.rsync(src, f"/dev/shm/rs-{rep}-chunks"))
-                add("scp_cold_chunks", r.scp(src, f"/dev/shm/scp-{rep}-chunks"))
-                root, memo = f"/dev/shm/pc-{rep}-chunks", os.path.join(work, f"memo-{rep}-chunks")
+                add("rsync_cold_chunks", r.rsync(src, f"{shm}/rs-{rep}-chunks"))
+                add("scp_cold_chunks", r.scp(src, f"{shm}/scp-{rep}-chunks"))
+                root, memo = f"{shm}/pc-{rep}-chunks", os.path.join(work, f"memo-{rep}-chunks")
                 add("prng_cold_chunks", r.stage(root, chunks, memo))
-                add("rsync_warm_chunks", r.rsync(src, f"/dev/shm/rs-{rep}-chunks"))
+                add("rsync_warm_chunks", r.rsync(src, f"{shm}/rs-{rep}-chunks"))
                 add("prng_warm_chunks", r.stage(root, chunks, memo))
             for k in sorted(set(a.nodes)):  # 4 inputs to k nodes at once, cold then warm
                 rk = Runner(cluster, work, k)
-                src, dest = os.path.join(work, "four"), f"/dev/shm/rs-{rep}-n{k}"
+                src, dest = os.path.join(work, "four"), f"{shm}/rs-{rep}-n{k}"
                 add(f"rsync_cold_n{k}", rk.rsync(src, dest))
-                add(f"scp_cold_n{k}", rk.scp(src, f"/dev/shm/scp-{rep}-n{k}"))
-                root, memo = f"/dev/shm/pc-{rep}-n{k}", os.path.join(work, f"memo-{rep}-n{k}")
+                add(f"scp_cold_n{k}", rk.scp(src, f"{shm}/scp-{rep}-n{k}"))
+                root, memo = f"{shm}/pc-{rep}-n{k}", os.path.join(work, f"memo-{rep}-n{k}")
                 add(f"prng_cold_n{k}", rk.stage(root, four, memo))
                 add(f"rsync_warm_n{k}", rk.rsync(src, dest))
                 cpu = _cpu()
                 add(f"prng_warm_n{k}", rk.stage(root, four, memo))
                 add(f"prng_warm_cpu_n{k}", _cpu() - cpu)
             # 4 inputs through the CLI in a fresh process, warm, against rsync
-            cli_root = f"/dev/shm/pc-{rep}-cli"
+            cli_root = f"{shm}/pc-{rep}-cli"
             r.cli_stage(cli_root, four, "cli")
             for _ in range(3):
                 add("prng_cli_warm4", r.cli_stage(cli_root, four, "cli"))
-                add("rsync_cli_warm4", r.rsync(os.path.join(work, "four"), f"/dev/shm/rs-{rep}-n2"))
+                add("rsync_cli_warm4", r.rsync(os.path.join(work, "four"), f"{shm}/rs-{rep}-n2"))
             # 4 inputs warm: in the root holding the largest set, and alone
-            crowded, alone = f"/dev/shm/pc-{rep}-{big}", f"/dev/shm/pc-{rep}-four"
+            crowded, alone = f"{shm}/pc-{rep}-{big}", f"{shm}/pc-{rep}-four"
             memo4 = os.path.join(work, f"memo-{rep}-four")
             for root in (crowded, alone):
                 r.stage(root, four, memo4)
@@ -331,7 +395,7 @@ def main() -> int:
                      f"(goal <= 64 MiB)")
     doc["samples"] = {k: [round(x, 4) for x in v] for k, v in rows.items()}
     doc["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg(),
-                      "isolated_nodes": cluster.isolated,
+                      "isolated_nodes": cluster.isolated, "hosts": a.hosts or "embedded",
                       "rsync": subprocess.run(["rsync", "--version"], capture_output=True, text=True)
                       .stdout.splitlines()[0]}
     print("\n".join(lines))
