@@ -131,8 +131,10 @@ class RealNodes:
 
     isolated = None
 
-    def __init__(self, hosts: list[str], ssh_config: str, known_hosts: str | None, user: str | None):
-        self.hosts, self.ssh_config, self.user = hosts, os.path.expanduser(ssh_config), user
+    user = None  # the ssh config's, for every tool alike
+
+    def __init__(self, hosts: list[str], ssh_config: str, known_hosts: str | None):
+        self.hosts, self.ssh_config = hosts, os.path.expanduser(ssh_config)
         self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
         # made of safe characters only: it is part of remote command lines below
         self.shm = f"/dev/shm/prng-peersbench-{os.getpid()}-{int(time.time())}"
@@ -248,7 +250,6 @@ def main() -> int:
                     "(through --ssh-config; everything under a new directory in their /dev/shm, removed after)")
     ap.add_argument("--ssh-config", default="~/.ssh/config")
     ap.add_argument("--known-hosts", default=None, help="default: ~/.ssh/known_hosts")
-    ap.add_argument("--user", default=None)
     a = ap.parse_args()
     if a.hosts and len(a.hosts) < 2:
         ap.error("--hosts: at least 2 nodes (the scenarios stage to 2 at once)")
@@ -261,7 +262,7 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="prng-peersbench-", dir=a.workdir)
     if a.hosts:
-        cluster = RealNodes(a.hosts, a.ssh_config, a.known_hosts, a.user)
+        cluster = RealNodes(a.hosts, a.ssh_config, a.known_hosts)
     else:
         cluster = SSHCluster(os.path.join(work, "cluster"), max(2, *a.nodes),
                              tmpfs_size=f"{max(256, big * 60 // 1000 + 128) + a.chunks * 3 * CHUNK_BYTES // (1 << 20)}m")
